@@ -1,0 +1,44 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "Fulcrum",
+    products: [
+        .executable(name: "fulcrum", targets: ["fulcrum"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        // libevent, seen through its headers plus a shim for the few macros Swift cannot import.
+        .systemLibrary(
+            name: "CLibevent",
+            pkgConfig: "libevent",
+            providers: [.apt(["libevent-dev"])]
+        ),
+        // The only module that touches libevent: event base, timers, signals, wakeups, listeners, relays.
+        .target(name: "EventLoop", dependencies: ["CLibevent"]),
+        // Pure Swift, no I/O: configuration, balancing, time and randomness abstractions.
+        .target(name: "FulcrumCore", dependencies: [.product(name: "Yams", package: "Yams")]),
+        // The engine: workers, listeners, connectors with retries; wires the core to the event loop.
+        .target(
+            name: "Fulcrum",
+            dependencies: ["EventLoop", "FulcrumCore", .product(name: "Logging", package: "swift-log")]
+        ),
+        .executableTarget(
+            name: "fulcrum",
+            dependencies: [
+                "Fulcrum", "FulcrumCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(name: "FulcrumTestSupport", dependencies: ["FulcrumCore"]),
+        .testTarget(name: "FulcrumCoreTests", dependencies: ["FulcrumCore", "FulcrumTestSupport"]),
+        .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "FulcrumTestSupport"]),
+        .testTarget(name: "FulcrumTests", dependencies: ["Fulcrum", "FulcrumCore", "FulcrumTestSupport"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

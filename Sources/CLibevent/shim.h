@@ -1,0 +1,30 @@
+#ifndef FULCRUM_CLIBEVENT_SHIM_H
+#define FULCRUM_CLIBEVENT_SHIM_H
+
+// System headers first: libevent's event-config.h defines _GNU_SOURCE, which would otherwise make these
+// headers parse differently here than in Swift's Glibc module and the two would clash.
+#include <stddef.h>
+#include <stdint.h>
+#include <stdarg.h>
+#include <sys/types.h>
+#include <sys/time.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <pthread.h>
+
+// The parts of libevent Fulcrum uses. libc itself comes to Swift through Glibc.
+#include <event2/event.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/listener.h>
+#include <event2/util.h>
+
+// pthread_setname_np is a GNU extension that Glibc's Swift module leaves out.
+extern int pthread_setname_np(pthread_t thread, const char *name);
+
+static inline int clibevent_set_thread_name(pthread_t thread, const char *name) {
+    return pthread_setname_np(thread, name);
+}
+
+#endif

@@ -1,0 +1,61 @@
+import CLibevent
+import Glibc
+
+/// Plain socket calls for the few things libevent does not do for us.
+public enum Socket {
+    /// A non-blocking listening TCP socket bound to `endpoint`. With `reusePort`, several sockets (one per
+    /// worker) can bind the same address and the kernel spreads new connections across them.
+    public static func listen(_ endpoint: Endpoint, reusePort: Bool, backlog: Int32) throws(SystemError) -> Int32 {
+        let fd = try syscall("socket") { socket(endpoint.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        do throws(SystemError) {
+            try setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
+            if reusePort { try setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1) }
+            if endpoint.family == AF_INET6 { try setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1) }
+            let bound = endpoint.withSockaddr { addr, len in bind(fd, addr, len) }
+            if bound < 0 { throw SystemError("bind \(endpoint)", errno: currentErrno) }
+            try syscall("listen \(endpoint)") { Glibc.listen(fd, backlog) }
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    /// The address a socket is bound to; reads back the port the kernel chose for port 0.
+    public static func localEndpoint(_ fd: Int32) throws(SystemError) -> Endpoint {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = withUnsafeMutableBytes(of: &storage) { raw in
+            getsockname(fd, raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length)
+        }
+        if result < 0 { throw SystemError("getsockname", errno: currentErrno) }
+        return Endpoint(storage: storage, length: length)
+    }
+
+    public static func close(_ fd: Int32) {
+        _ = Glibc.close(fd)
+    }
+
+    static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32) throws(SystemError) {
+        var v = value
+        try syscall("setsockopt") { setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size)) }
+    }
+
+    /// Raises the open-file limit to the hard limit, as a proxy holds two descriptors per client.
+    @discardableResult
+    public static func raiseFileLimit() -> Int {
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max
+            _ = setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+            _ = getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+        }
+        return Int(clamping: limit.rlim_cur)
+    }
+
+    /// Ignore SIGPIPE process-wide: a peer that vanishes mid-write must cost one connection, not the process.
+    public static func ignoreSIGPIPE() {
+        signal(SIGPIPE, SIG_IGN)
+    }
+}

@@ -1,0 +1,107 @@
+import EventLoop
+import Glibc
+import FulcrumCore
+import Logging
+
+/// Runs a configuration: binds every listener, starts one worker thread per core (or as configured),
+/// and handles SIGTERM/SIGINT with a graceful drain.
+public final class Engine {
+    public let config: FulcrumConfig
+    private var logger: Logger
+
+    public init(config: FulcrumConfig, logger: Logger) {
+        self.config = config
+        self.logger = logger
+    }
+
+    public var workerCount: Int {
+        switch config.workers {
+        case .auto: return onlineCores()
+        case .count(let n): return n
+        }
+    }
+
+    /// Binds, serves until a signal and a drain, and returns the process exit status.
+    public func run() throws(SystemError) -> Int32 {
+        Socket.ignoreSIGPIPE()
+        let fileLimit = Socket.raiseFileLimit()
+        let workers = workerCount
+        let sockets = try bindListeners(workers: workers)
+
+        let base = EventBase()
+        let (engineFD, engineSender) = try WakeupReceiver.makePipe()
+        var threads: [LoopThread] = []
+        var senders: [WakeupSender] = []
+        for id in 0..<workers {
+            let (fd, sender) = try WakeupReceiver.makePipe()
+            senders.append(sender)
+            let plan = WorkerPlan(id: id, config: config, listenerFDs: sockets.map { $0[id] }, wakeupFD: fd,
+                                  wakeupSender: sender, engineSender: engineSender, logger: logger)
+            threads.append(LoopThread.spawn(name: "fulcrum-w\(id)") {
+                let worker = Worker(plan: plan)
+                worker.run()
+            })
+        }
+
+        var finished = 0
+        var signals = 0
+        let done = WakeupReceiver(base: base, receive: engineFD, send: engineSender) { _ in
+            finished += 1
+            if finished == workers { base.exit() }
+        }
+        let onSignal: (Int32) -> Void = { [logger, config] number in
+            signals += 1
+            let name = number == SIGTERM ? "SIGTERM" : "SIGINT"
+            if signals > 1 {
+                logger.warning("second \(name), exiting at once")
+                exit(1)
+            }
+            logger.info("\(name) received: no longer accepting, draining open connections", metadata: [
+                "drain_timeout": "\(config.drainTimeout.configText)",
+            ])
+            for sender in senders { sender.send(WorkerCommand.drain.rawValue) }
+        }
+        let watchers = [SIGTERM, SIGINT].map { SignalWatcher(base: base, signal: $0, handler: onSignal) }
+        logger.info("fulcrum ready", metadata: [
+            "workers": "\(workers)", "event_method": "\(base.method)", "file_limit": "\(fileLimit)",
+        ])
+        base.run()
+        for thread in threads { thread.join() }
+        withExtendedLifetime((done, watchers)) {}
+        logger.info("stopped: all connections drained")
+        return 0
+    }
+
+    /// One listening socket per listener per worker, all sharing the listener's address through
+    /// SO_REUSEPORT. Port 0 is resolved by the first bind and reused for the rest.
+    private func bindListeners(workers: Int) throws(SystemError) -> [[Int32]] {
+        var all: [[Int32]] = []
+        do throws(SystemError) {
+            for listener in config.listeners {
+                var endpoint = Endpoint(listener.address)
+                var fds: [Int32] = []
+                for _ in 0..<workers {
+                    let fd: Int32
+                    do throws(SystemError) {
+                        fd = try Socket.listen(endpoint, reusePort: true, backlog: Int32(listener.backlog))
+                    } catch {
+                        for fd in fds { Socket.close(fd) }
+                        throw error
+                    }
+                    fds.append(fd)
+                    if endpoint.port == 0 { endpoint = try Socket.localEndpoint(fd) }
+                }
+                all.append(fds)
+                let pool = config.pool(named: listener.pool)!
+                logger.info("listening on \(endpoint)", metadata: [
+                    "listener": "\(listener.name)", "pool": "\(pool.name)", "backends": "\(pool.backends.count)",
+                    "balance": "\(pool.balance.rawValue)",
+                ])
+            }
+        } catch {
+            for fds in all { for fd in fds { Socket.close(fd) } }
+            throw error
+        }
+        return all
+    }
+}

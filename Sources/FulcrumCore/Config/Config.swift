@@ -1,0 +1,89 @@
+/// The validated, immutable description of what a Fulcrum process runs. Built only by `ConfigLoader`.
+public struct FulcrumConfig: Equatable, Sendable {
+    public enum Workers: Equatable, Sendable {
+        /// One event loop thread per online CPU core.
+        case auto
+        case count(Int)
+    }
+
+    public var workers: Workers
+    /// How long open connections may run on after SIGTERM/SIGINT before the process exits anyway.
+    public var drainTimeout: Duration
+    /// Per-direction buffer: reading from one side stops while the other side has this much unsent.
+    public var bufferSize: Int
+    public var listeners: [Listener]
+    /// Pools in the order the file defines them.
+    public var pools: [Pool]
+
+    public static let defaultDrainTimeout: Duration = .seconds(30)
+    public static let defaultBufferSize = 256 << 10
+
+    public init(workers: Workers = .auto, drainTimeout: Duration = Self.defaultDrainTimeout,
+                bufferSize: Int = Self.defaultBufferSize, listeners: [Listener], pools: [Pool]) {
+        self.workers = workers
+        self.drainTimeout = drainTimeout
+        self.bufferSize = bufferSize
+        self.listeners = listeners
+        self.pools = pools
+    }
+
+    public func pool(named name: String) -> Pool? { pools.first { $0.name == name } }
+
+    public struct Listener: Equatable, Sendable {
+        public var name: String
+        public var address: SocketAddress
+        public var pool: String
+        public var backlog: Int
+
+        public static let defaultBacklog = 4096
+
+        public init(name: String, address: SocketAddress, pool: String, backlog: Int = Self.defaultBacklog) {
+            self.name = name
+            self.address = address
+            self.pool = pool
+            self.backlog = backlog
+        }
+    }
+
+    public struct Pool: Equatable, Sendable {
+        public var name: String
+        public var backends: [Backend]
+        public var balance: BalanceStrategy
+        public var connectTimeout: Duration
+        public var idleTimeout: Duration
+        /// Extra connect attempts, each on a backend not yet tried for this client.
+        public var retries: Int
+
+        public static let defaultConnectTimeout: Duration = .seconds(1)
+        public static let defaultIdleTimeout: Duration = .seconds(600)
+        public static let defaultRetries = 2
+
+        public init(name: String, backends: [Backend], balance: BalanceStrategy = .roundRobin,
+                    connectTimeout: Duration = Self.defaultConnectTimeout,
+                    idleTimeout: Duration = Self.defaultIdleTimeout, retries: Int = Self.defaultRetries) {
+            self.name = name
+            self.backends = backends
+            self.balance = balance
+            self.connectTimeout = connectTimeout
+            self.idleTimeout = idleTimeout
+            self.retries = retries
+        }
+    }
+
+    public struct Backend: Equatable, Sendable {
+        public var address: SocketAddress
+        public var weight: Int
+
+        public static let maxWeight = 1000
+
+        public init(address: SocketAddress, weight: Int = 1) {
+            self.address = address
+            self.weight = weight
+        }
+    }
+}
+
+/// The balancing strategies a pool can name in `balance:`.
+public enum BalanceStrategy: String, CaseIterable, Equatable, Sendable {
+    case roundRobin = "round_robin"
+}

@@ -1,0 +1,98 @@
+import ArgumentParser
+import Fulcrum
+import FulcrumCore
+import Logging
+
+@main
+struct FulcrumCommand: ParsableCommand {
+    static let version = "0.1.0"
+
+    static let configuration = CommandConfiguration(
+        commandName: "fulcrum",
+        abstract: "A layer-4 proxy and load balancer for RPC backends.",
+        discussion: """
+        Fulcrum accepts TCP connections on the listeners named in a YAML file and relays each one to a \
+        backend of the listener's pool. Start with:
+
+          fulcrum check --config examples/quickstart.yaml   # validate and print the plan
+          fulcrum run --config examples/quickstart.yaml     # serve until SIGTERM or Ctrl-C
+        """,
+        version: version,
+        subcommands: [Run.self, Check.self],
+        defaultSubcommand: nil
+    )
+}
+
+struct ConfigOption: ParsableArguments {
+    @Option(name: [.short, .long], help: ArgumentHelp("The configuration file.", valueName: "file"))
+    var config: String
+}
+
+extension FulcrumCommand {
+    struct Run: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Serve the configuration until SIGTERM or SIGINT, then drain and exit.",
+            discussion: """
+            On the first SIGTERM or SIGINT Fulcrum stops accepting, lets open connections finish for up to \
+            drain_timeout, and exits 0. A second signal exits at once with status 1.
+            """
+        )
+
+        @OptionGroup var options: ConfigOption
+
+        @Option(help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error or critical.",
+                                   valueName: "level"))
+        var logLevel: String = "info"
+
+        func validate() throws {
+            guard Logger.Level(rawValue: logLevel) != nil else {
+                throw ValidationError("'\(logLevel)' is not a log level; use trace, debug, info, notice, warning, error or critical")
+            }
+        }
+
+        func run() throws {
+            let level = Logger.Level(rawValue: logLevel)!
+            LoggingSystem.bootstrap { label in
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
+            let logger = Logger(label: "fulcrum")
+            let config: FulcrumConfig
+            do {
+                config = try ConfigFile.load(path: options.config)
+            } catch {
+                logger.critical("not starting: the configuration is invalid\n\(error)")
+                throw ExitCode(1)
+            }
+            logger.info("starting", metadata: ["version": "\(FulcrumCommand.version)", "config": "\(options.config)"])
+            let status: Int32
+            do {
+                status = try Engine(config: config, logger: logger).run()
+            } catch {
+                logger.critical("not starting: \(error)")
+                throw ExitCode(1)
+            }
+            throw ExitCode(status)
+        }
+    }
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Validate a configuration file and print the plan it resolves to (exit 0 if valid, 1 if not)."
+        )
+
+        @OptionGroup var options: ConfigOption
+
+        func run() throws {
+            do {
+                let config = try ConfigFile.load(path: options.config)
+                print("configuration \(options.config) is valid\n")
+                print(Plan.describe(config))
+            } catch {
+                printError("\(error)")
+                throw ExitCode(1)
+            }
+        }
+    }
+}

@@ -1,0 +1,44 @@
+import EventLoop
+import Fulcrum
+import FulcrumCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The human-readable plan `fulcrum check` prints: every value after defaults are applied.
+enum Plan {
+    static func describe(_ config: FulcrumConfig) -> String {
+        var lines: [String] = []
+        switch config.workers {
+        case .auto: lines.append("workers:        auto (\(onlineCores()) on this machine)")
+        case .count(let n): lines.append("workers:        \(n)")
+        }
+        lines.append("drain_timeout:  \(config.drainTimeout.configText)")
+        lines.append("buffer_size:    \(sizeText(config.bufferSize))")
+        lines.append("")
+        for listener in config.listeners {
+            lines.append("listener \(listener.name): \(listener.address) -> pool \(listener.pool) (backlog \(listener.backlog))")
+        }
+        for pool in config.pools {
+            lines.append("")
+            lines.append("pool \(pool.name): balance \(pool.balance.rawValue), connect_timeout \(pool.connectTimeout.configText), "
+                + "idle_timeout \(pool.idleTimeout.configText), retries \(pool.retries)")
+            let total = pool.backends.reduce(0) { $0 + $1.weight }
+            for backend in pool.backends {
+                let share = total > 0 ? Double(backend.weight) * 100 / Double(total) : 0
+                lines.append("  \(backend.address)  weight \(backend.weight)  (\(Int(share.rounded()))% of connections)")
+            }
+            let users = config.listeners.filter { $0.pool == pool.name }.map(\.name)
+            if users.isEmpty { lines.append("  note: no listener uses this pool") }
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+func printError(_ text: String) {
+    var line = text
+    if !line.hasSuffix("\n") { line += "\n" }
+    var bytes = Array(line.utf8)
+    _ = write(2, &bytes, bytes.count)
+}
