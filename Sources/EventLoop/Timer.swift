@@ -41,8 +41,13 @@ public final class SignalWatcher {
     private var event: OpaquePointer?
     private let handler: (Int32) -> Void
 
+    /// Also unblocks `signal` for the calling thread: a parent may hand down a mask that blocks it.
     public init(base: EventBase, signal: Int32, handler: @escaping (Int32) -> Void) {
         self.handler = handler
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, signal)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
         event = event_new(base.base, signal, Int16(EV_SIGNAL | EV_PERSIST), { fd, _, context in
             Unmanaged<SignalWatcher>.fromOpaque(context!).takeUnretainedValue().handler(fd)
         }, Unmanaged.passUnretained(self).toOpaque())

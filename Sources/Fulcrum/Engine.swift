@@ -56,7 +56,7 @@ public final class Engine {
                 logger.warning("second \(name), exiting at once")
                 exit(1)
             }
-            logger.info("\(name) received: no longer accepting, draining open connections", metadata: [
+            logger.info("\(name) received: stopping", metadata: [
                 "drain_timeout": "\(config.drainTimeout.configText)",
             ])
             for sender in senders { sender.send(WorkerCommand.drain.rawValue) }

@@ -90,13 +90,11 @@ final class Worker {
         guard !draining else { return }
         draining = true
         for listener in listeners { listener.close() }
+        logger.info("listeners closed, draining open connections", metadata: ["open": "\(relays.count)"])
         if relays.count == 0 {
             base.exit()
             return
         }
-        logger.info("draining open connections", metadata: [
-            "open": "\(relays.count)", "drain_timeout": "\(plan.config.drainTimeout.configText)",
-        ])
         let timer = Timer(base: base) { [unowned self] in
             self.logger.warning("drain timeout reached, closing remaining connections", metadata: ["open": "\(self.relays.count)"])
             self.relays.closeAll(.shutdown)

@@ -1,0 +1,152 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The built `fulcrum` executable.
+public func fulcrumExecutable(file: StaticString = #filePath) -> URL {
+    if let path = ProcessInfo.processInfo.environment["FULCRUM_BIN"] { return URL(fileURLWithPath: path) }
+    // Sources/FulcrumTestSupport/FulcrumProcess.swift -> package root.
+    let root = URL(fileURLWithPath: "\(file)").deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    return root.appendingPathComponent(".build/debug/fulcrum")
+}
+
+/// Runs a `fulcrum` command to completion and returns its exit status and combined output.
+public func runFulcrum(_ arguments: [String]) throws -> (status: Int32, output: String) {
+    let process = Process()
+    process.executableURL = fulcrumExecutable()
+    process.arguments = arguments
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+/// A temporary directory removed when the value is released.
+public final class TemporaryDirectory: @unchecked Sendable {
+    public let url: URL
+
+    public init() throws {
+        url = FileManager.default.temporaryDirectory.appendingPathComponent("fulcrum-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    }
+
+    deinit { try? FileManager.default.removeItem(at: url) }
+
+    public func write(_ name: String, _ text: String) throws -> String {
+        let file = url.appendingPathComponent(name)
+        try text.write(to: file, atomically: true, encoding: .utf8)
+        return file.path
+    }
+}
+
+/// A running `fulcrum run` process: started on a config, ready once it has logged every listener's
+/// bound address and "fulcrum ready", with its log collected for assertions.
+public final class FulcrumProcess: @unchecked Sendable {
+    public let process = Process()
+    private let directory: TemporaryDirectory
+    private let lock = NSCondition()
+    private var lines: [String] = []
+    private var outputClosed = false
+    /// The port each listener bound, by listener name.
+    public private(set) var ports: [String: UInt16] = [:]
+
+    /// Starts `fulcrum run` on `yaml` and waits (at most `timeout` seconds) until it is ready.
+    public init(config yaml: String, timeout: Double = 20) throws {
+        directory = try TemporaryDirectory()
+        let path = try directory.write("fulcrum.yaml", yaml)
+        process.executableURL = fulcrumExecutable()
+        process.arguments = ["run", "--config", path]
+        let pipe = Pipe()
+        process.standardError = pipe
+        process.standardOutput = pipe
+        try process.run()
+        let handle = pipe.fileHandleForReading
+        Thread.detachNewThread { [self] in readLog(handle) }
+        try waitForLog(containing: "fulcrum ready", timeout: timeout)
+        for line in log where line.contains("listening on ") {
+            guard let listener = field("listener", in: line),
+                  let address = line.components(separatedBy: "listening on ").last,
+                  let port = address.split(separator: ":").last.flatMap({ UInt16($0) }) else { continue }
+            ports[listener] = port
+        }
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+
+    public func port(_ listener: String) -> UInt16 { ports[listener] ?? 0 }
+
+    public var log: [String] { lock.withLock { lines } }
+
+    public func logCount(containing text: String) -> Int { log.filter { $0.contains(text) }.count }
+
+    /// Waits until a log line contains `text`; throws after `timeout` seconds or if the process exits first.
+    @discardableResult
+    public func waitForLog(containing text: String, count: Int = 1, timeout: Double = 10) throws -> String {
+        let deadline = Date().addingTimeInterval(timeout)
+        lock.lock()
+        defer { lock.unlock() }
+        while true {
+            let matches = lines.filter { $0.contains(text) }
+            if matches.count >= count { return matches[count - 1] }
+            if outputClosed {
+                throw TestSocketError("fulcrum exited before logging '\(text)'; log:\n\(lines.joined(separator: "\n"))", errno: 0)
+            }
+            if !lock.wait(until: deadline) {
+                throw TestSocketError("no log line with '\(text)' within \(timeout)s; log:\n\(lines.joined(separator: "\n"))", errno: 0)
+            }
+        }
+    }
+
+    public func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+
+    /// Waits for the process to exit and returns its status; throws (after killing it) past `timeout`.
+    public func waitForExit(timeout: Double = 10) throws -> Int32 {
+        let deadline = Date().addingTimeInterval(timeout)
+        lock.lock()
+        while !outputClosed {
+            if !lock.wait(until: deadline) {
+                lock.unlock()
+                kill(process.processIdentifier, SIGKILL)
+                throw TestSocketError("fulcrum did not exit within \(timeout)s", errno: 0)
+            }
+        }
+        lock.unlock()
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    private func readLog(_ handle: FileHandle) {
+        var pending = Data()
+        while true {
+            let data = handle.availableData
+            if data.isEmpty { break }
+            pending.append(data)
+            while let newline = pending.firstIndex(of: 10) {
+                let line = String(decoding: pending[pending.startIndex..<newline], as: UTF8.self)
+                pending.removeSubrange(pending.startIndex...newline)
+                lock.withLock {
+                    lines.append(line)
+                    lock.broadcast()
+                }
+            }
+        }
+        lock.withLock {
+            outputClosed = true
+            lock.broadcast()
+        }
+    }
+
+    private func field(_ key: String, in line: String) -> String? {
+        guard let range = line.range(of: "\(key)=") else { return nil }
+        return String(line[range.upperBound...].prefix { $0 != " " })
+    }
+}

@@ -1,0 +1,285 @@
+import FulcrumCore
+import Testing
+
+/// Loads `yaml` and returns its diagnostics, failing the test if it loads cleanly.
+private func diagnostics(_ yaml: String) -> [ConfigDiagnostic] {
+    do {
+        _ = try ConfigLoader.load(text: yaml, file: "test.yaml")
+        Issue.record("expected the configuration to be rejected")
+        return []
+    } catch {
+        return error.diagnostics
+    }
+}
+
+/// A valid pool section for error tests that are about the listeners.
+private let onePool = """
+pools:
+  app:
+    backends:
+      - address: 127.0.0.1:9001
+"""
+
+@Suite struct ConfigLoaderTests {
+    @Test func validFileRoundTripsToTypedConfig() throws {
+        let yaml = """
+        workers: 4
+        drain_timeout: 45s
+        buffer_size: 64KiB
+        listeners:
+          - name: redis
+            listen: 127.0.0.1:7000
+            pool: redis
+          - name: v6
+            listen: "[::1]:7001"
+            pool: redis
+            backlog: 128
+        pools:
+          redis:
+            backends:
+              - address: 127.0.0.1:6379
+                weight: 2
+              - address: 127.0.0.1:6380
+              - "[::1]:6381"
+            connect_timeout: 250ms
+            idle_timeout: 5m
+            retries: 1
+        """
+        let config = try ConfigLoader.load(text: yaml, file: "ok.yaml")
+        let expected = FulcrumConfig(
+            workers: .count(4), drainTimeout: .seconds(45), bufferSize: 65536,
+            listeners: [
+                .init(name: "redis", address: .ipv4((127, 0, 0, 1), port: 7000), pool: "redis"),
+                .init(name: "v6", address: .ipv6([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], port: 7001),
+                      pool: "redis", backlog: 128),
+            ],
+            pools: [
+                .init(name: "redis", backends: [
+                    .init(address: .ipv4((127, 0, 0, 1), port: 6379), weight: 2),
+                    .init(address: .ipv4((127, 0, 0, 1), port: 6380)),
+                    .init(address: .ipv6([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], port: 6381)),
+                ], balance: .roundRobin, connectTimeout: .milliseconds(250), idleTimeout: .seconds(300), retries: 1),
+            ])
+        #expect(config == expected)
+        #expect(config.listeners[1].address.description == "[::1]:7001")
+    }
+
+    @Test func defaultsApplyWhenKeysAreOmitted() throws {
+        let config = try ConfigLoader.load(text: """
+        listeners:
+          - name: a
+            listen: 127.0.0.1:7000
+            pool: app
+        \(onePool)
+        """, file: "defaults.yaml")
+        #expect(config.workers == .auto)
+        #expect(config.drainTimeout == .seconds(30))
+        #expect(config.bufferSize == 256 << 10)
+        let pool = try #require(config.pool(named: "app"))
+        #expect(pool.connectTimeout == .seconds(1))
+        #expect(pool.idleTimeout == .seconds(600))
+        #expect(pool.retries == 2)
+        #expect(pool.balance == .roundRobin)
+        #expect(pool.backends == [.init(address: .ipv4((127, 0, 0, 1), port: 9001), weight: 1)])
+    }
+
+    @Test func unknownKeyNamesTheKeyTheLineAndTheLikelyFix() {
+        let found = diagnostics("""
+        listeners:
+          - name: a
+            listen: 127.0.0.1:7000
+            pool: app
+        pools:
+          app:
+            backends:
+              - address: 127.0.0.1:9001
+            conect_timeout: 1s
+        """)
+        #expect(found.count == 1)
+        #expect(found.first?.line == 9)
+        #expect(found.first?.keyPath == "pools.app.conect_timeout")
+        #expect(found.first?.description.contains("unknown key 'conect_timeout'") == true)
+        #expect(found.first?.description.contains("did you mean 'connect_timeout'?") == true)
+    }
+
+    @Test func badDurationSaysWhatADurationLooksLike() {
+        let found = diagnostics("""
+        listeners:
+          - name: a
+            listen: 127.0.0.1:7000
+            pool: app
+        pools:
+          app:
+            backends: [127.0.0.1:9001]
+            idle_timeout: 10 minutes
+        """)
+        #expect(found.map(\.line) == [8])
+        #expect(found.first?.keyPath == "pools.app.idle_timeout")
+        #expect(found.first?.message == "'10 minutes' is not a duration")
+        #expect(found.first?.hint?.contains("250ms, 2s, 5m") == true)
+    }
+
+    @Test func listenerNamingAnUndefinedPool() {
+        let found = diagnostics("""
+        listeners:
+          - name: a
+            listen: 127.0.0.1:7000
+            pool: cache
+        \(onePool)
+        """)
+        #expect(found.map(\.line) == [4])
+        #expect(found.first?.keyPath == "listeners[0].pool")
+        #expect(found.first?.message == "pool 'cache' is not defined")
+        #expect(found.first?.hint?.contains("app") == true)
+    }
+
+    @Test func duplicateListenerAddressPointsAtTheFirstUse() {
+        let found = diagnostics("""
+        listeners:
+          - name: a
+            listen: 127.0.0.1:7000
+            pool: app
+          - name: b
+            listen: 127.0.0.1:7000
+            pool: app
+        \(onePool)
+        """)
+        #expect(found.map(\.line) == [6])
+        #expect(found.first?.keyPath == "listeners[1].listen")
+        #expect(found.first?.message.contains("already used by the listener on line 3") == true)
+    }
+
+    @Test func duplicateListenerName() {
+        let found = diagnostics("""
+        listeners:
+          - name: a
+            listen: 127.0.0.1:7000
+            pool: app
+          - name: a
+            listen: 127.0.0.1:7001
+            pool: app
+        \(onePool)
+        """)
+        #expect(found.map(\.line) == [5])
+        #expect(found.first?.message.contains("listener name 'a' is already used on line 2") == true)
+    }
+
+    @Test func portOutOfRange() {
+        let found = diagnostics("""
+        listeners:
+          - name: a
+            listen: 127.0.0.1:70000
+            pool: app
+        pools:
+          app:
+            backends:
+              - address: 127.0.0.1:0
+        """)
+        #expect(found.map(\.line) == [3, 8])
+        #expect(found[0].message == "port 70000 is out of range")
+        #expect(found[0].hint == "use a port from 1 to 65535")
+        #expect(found[1].message == "port 0 is not a valid backend port")
+    }
+
+    @Test func zeroBackends() {
+        let found = diagnostics("""
+        listeners:
+          - name: a
+            listen: 127.0.0.1:7000
+            pool: app
+        pools:
+          app:
+            backends: []
+        """)
+        #expect(found.map(\.line) == [7])
+        #expect(found.first?.keyPath == "pools.app.backends")
+        #expect(found.first?.message == "the pool has zero backends")
+    }
+
+    @Test(arguments: ["0", "-1", "1001", "heavy"])
+    func weightMustBePositive(weight: String) {
+        let found = diagnostics("""
+        listeners:
+          - name: a
+            listen: 127.0.0.1:7000
+            pool: app
+        pools:
+          app:
+            backends:
+              - address: 127.0.0.1:9001
+                weight: \(weight)
+        """)
+        #expect(found.map(\.line) == [9])
+        #expect(found.first?.keyPath == "pools.app.backends[0].weight")
+        #expect(found.first?.hint?.contains("an integer from 1 to 1000") == true)
+    }
+
+    @Test func everyErrorIsReportedAtOnceInFileOrder() {
+        let found = diagnostics("""
+        workers: many
+        drain_timeout: soon
+        listeners:
+          - name: a
+            listen: localhost:99999
+            pool: nope
+        pools:
+          app:
+            backends:
+              - address: db.internal:5432
+                weight: 0
+            retries: -1
+            balance: fastest
+        """)
+        #expect(found.map(\.line) == [1, 2, 5, 6, 10, 11, 12, 13])
+        #expect(found[0].message == "'many' is not a worker count")
+        #expect(found[4].message.contains("'db.internal' is a host name") == true)
+        #expect(found[7].message == "unknown balancing strategy 'fastest'")
+        #expect(found[7].hint == "use one of: round_robin")
+    }
+
+    @Test func missingRequiredKeys() {
+        let found = diagnostics("""
+        listeners:
+          - name: a
+        pools:
+          app: {}
+        """)
+        let messages = Set(found.map(\.message))
+        #expect(messages == ["missing required key 'listen'", "missing required key 'pool'", "missing required key 'backends'"])
+        #expect(found.allSatisfy { $0.line > 0 })
+    }
+
+    @Test func yamlSyntaxErrorNamesTheLine() {
+        let found = diagnostics("""
+        listeners:
+          - name: a
+            listen: [127.0.0.1:7000
+        pools: {}
+        """)
+        #expect(found.count == 1)
+        #expect(found.first?.message.hasPrefix("YAML syntax error") == true)
+        #expect((found.first?.line ?? 0) >= 3)
+    }
+
+    @Test func wrongShapeIsNamed() {
+        let found = diagnostics("""
+        listeners:
+          name: a
+        pools:
+          - app
+        """)
+        #expect(found.map(\.keyPath) == ["listeners", "pools"])
+        #expect(found[0].message == "expected a list of listeners, got a mapping")
+    }
+
+    @Test func emptyFile() {
+        let found = diagnostics("")
+        #expect(found.first?.message == "the file is empty")
+    }
+
+    @Test func errorTextNamesFileLineKeyAndHint() {
+        let text = ConfigError([ConfigDiagnostic(file: "f.yaml", line: 3, keyPath: "pools.a.retries",
+                                                 message: "-1 is out of range", hint: "use an integer from 0 to 100")]).description
+        #expect(text == "1 configuration error:\n  f.yaml:3: pools.a.retries: -1 is out of range (use an integer from 0 to 100)")
+    }
+}
