@@ -9,7 +9,7 @@ import Darwin
 public enum ConfigValue {
     public static let durationHint = "a duration such as 250ms, 2s, 5m or 1h"
     public static let sizeHint = "a size in bytes such as 16384, 64KiB or 1MiB"
-    public static let addressHint = "an address such as 127.0.0.1:7000 or [::1]:7000"
+    public static let addressHint = "an address such as 127.0.0.1:7000 or [::1]:7000 (IPv6 in brackets)"
 
     /// `250ms`, `2s`, `1.5s`, `5m`, `1h`, `100us`. A bare number is rejected: the unit must be explicit.
     public static func duration(_ text: String) -> Duration? {
@@ -65,6 +65,8 @@ public enum ConfigValue {
         } else {
             guard let colon = trimmed.lastIndex(of: ":") else { return .failure(.malformed) }
             host = trimmed[..<colon]
+            // An IPv6 address must be bracketed: "::1:7000" could be an address with no port.
+            if host.contains(":") { return .failure(.malformed) }
             portText = trimmed[trimmed.index(after: colon)...]
         }
         guard !portText.isEmpty, portText.allSatisfy(\.isASCII), let port = Int(portText) else {
