@@ -58,7 +58,7 @@ PIDS+=($!)
 cat >"$OUT/haproxy.cfg" <<CFG
 global
   nbthread $WORKERS
-  maxconn 20000
+  maxconn 8000
 defaults
   mode tcp
   timeout connect 1s
@@ -86,8 +86,8 @@ worker_processes $WORKERS;
 daemon off;
 pid $PWD/$OUT/nginx.pid;
 error_log $PWD/$OUT/nginx-error.log warn;
-worker_rlimit_nofile 40000;
-events { worker_connections 20000; }
+worker_rlimit_nofile 16000;
+events { worker_connections 8000; }
 stream {
   upstream redis { server 127.0.0.1:16379; server 127.0.0.1:16380; }
   server { listen 127.0.0.1:17201 reuseport; proxy_pass redis; proxy_connect_timeout 1s; }

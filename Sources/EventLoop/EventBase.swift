@@ -5,6 +5,10 @@ import Glibc
 /// only on the thread that runs it.
 public final class EventBase {
     let base: OpaquePointer
+    /// Scratch space for moving bytes from one socket to another; shared by every relay of this loop,
+    /// which is safe because a loop runs one callback at a time.
+    let scratch: UnsafeMutableRawPointer
+    let scratchSize = 128 << 10
 
     public init() {
         let config = event_config_new()
@@ -15,10 +19,12 @@ public final class EventBase {
         }
         event_config_free(config)
         self.base = base
+        scratch = UnsafeMutableRawPointer.allocate(byteCount: scratchSize, alignment: 64)
     }
 
     deinit {
         event_base_free(base)
+        scratch.deallocate()
     }
 
     /// Runs the loop until `exit()` is called or nothing is left to wait for.

@@ -21,17 +21,8 @@ private func withRelay(_ context: UnsafeMutableRawPointer?, _ body: (Relay) -> V
     if release { unmanaged.release() }
 }
 
-let relayReadCallback: bufferevent_data_cb = { bev, context in
-    withRelay(context) { $0.readable(bev!) }
-}
-
-let relayWriteCallback: bufferevent_data_cb = { bev, context in
-    withRelay(context) { $0.drained(bev!) }
-}
-
-let relayEventCallback: bufferevent_event_cb = { bev, events, context in
-    let code = currentErrno
-    withRelay(context) { $0.event(bev!, events: events, errno: code) }
+let relayIOCallback: event_callback_fn = { fd, what, context in
+    withRelay(context) { $0.ready(fd: fd, what: Int32(what)) }
 }
 
 let relayIdleCallback: event_callback_fn = { _, _, context in
@@ -41,122 +32,194 @@ let relayIdleCallback: event_callback_fn = { _, _, context in
 // MARK: - Forwarding
 
 extension Relay {
-    /// Data arrived on `bev`: move all of it to the other side, and pause this side if that side is full.
     @inline(__always)
-    func readable(_ bev: OpaquePointer) {
-        guard state == .relaying, let upstream else { return }
-        let fromClient = bev == client
-        let destination = fromClient ? upstream : client
-        let input = bufferevent_get_input(bev)
-        let output = bufferevent_get_output(destination)
-        let count = evbuffer_get_length(input)
-        evbuffer_add_buffer(output, input)
-        if fromClient { clientSide.bytesRead &+= count } else { upstreamSide.bytesRead &+= count }
-        lastActivity = eventBase.cachedMicroseconds
-        if evbuffer_get_length(output) >= options.highWatermark {
-            bufferevent_disable(bev, Int16(EV_READ))
-            bufferevent_setwatermark(destination, Int16(EV_WRITE), options.highWatermark / 2, 0)
-            if fromClient { clientSide.paused = true } else { upstreamSide.paused = true }
+    func ready(fd: Int32, what: Int32) {
+        switch state {
+        case .relaying:
+            let side = fd == sides[0].fd ? Relay.client : Relay.upstream
+            if what & EV_READ != 0 { readable(side) }
+            if what & EV_WRITE != 0 && state == .relaying { writable(side) }
+        case .connecting:
+            connectFinished(timedOut: what & EV_TIMEOUT != 0)
+        case .idle, .closed:
+            break
         }
     }
 
-    /// `bev`'s output fell to its low watermark: resume the paused source, or finish a pending half-close.
-    func drained(_ bev: OpaquePointer) {
-        guard state == .relaying, let upstream else { return }
-        let toClient = bev == client
-        let source = toClient ? upstream : client
+    /// Data is ready on `side`: read it and write it straight to the other side, queueing only what that
+    /// side cannot take now. A few reads per wakeup when the socket keeps the scratch buffer full.
+    @inline(__always)
+    func readable(_ side: Int) {
+        let source = sides + side
+        let peer = 1 - side
+        let destination = sides + peer
+        let scratch = eventBase.scratch
+        let size = eventBase.scratchSize
         lastActivity = eventBase.cachedMicroseconds
-        if toClient ? upstreamSide.paused : clientSide.paused {
-            if toClient { upstreamSide.paused = false } else { clientSide.paused = false }
-            bufferevent_setwatermark(bev, Int16(EV_WRITE), 0, 0)
-            if !(toClient ? upstreamSide.eof : clientSide.eof) {
-                bufferevent_enable(source, Int16(EV_READ))
+        for _ in 0..<4 {
+            if destination.pointee.queue != nil && destination.pointee.queued > 0 {
+                readIntoQueue(side)
+                return
             }
-        }
-        if toClient ? upstreamSide.eof : clientSide.eof {
-            shutdownIfFlushed(bev)
-        }
-    }
-
-    func event(_ bev: OpaquePointer, events: Int16, errno code: Int32) {
-        let events = Int32(events)
-        if state == .connecting && bev == upstream {
-            if events & BEV_EVENT_CONNECTED != 0 {
-                established()
+            let n = read(source.pointee.fd, scratch, size)
+            if n > 0 {
+                source.pointee.bytesRead &+= n
+                var written = send(destination.pointee.fd, scratch, n, Int32(MSG_NOSIGNAL))
+                if written < 0 {
+                    let code = currentErrno
+                    guard code == EAGAIN || code == EINTR else { return failed(peer, code) }
+                    written = 0
+                }
+                if written < n {
+                    enqueue(peer, scratch + written, n - written)
+                    return
+                }
+                if n < size { return }
+            } else if n == 0 {
+                return endOfFile(side)
             } else {
-                let error: ConnectError = events & BEV_EVENT_TIMEOUT != 0 ? .timedOut : ConnectError(errno: code)
-                dropUpstream()
-                delegate?.relayConnectFailed(self, error: error)
+                let code = currentErrno
+                if code == EAGAIN || code == EINTR { return }
+                return failed(side, code)
             }
-            return
         }
-        guard state == .relaying else { return }
-        let fromClient = bev == client
-        if events & BEV_EVENT_EOF != 0 && events & BEV_EVENT_READING != 0 {
-            endOfFile(from: bev, fromClient: fromClient)
-        } else if events & (BEV_EVENT_ERROR | BEV_EVENT_EOF) != 0 {
-            let errorCode = code == 0 ? ECONNRESET : code
-            close(fromClient ? .clientError(errorCode) : .upstreamError(errorCode))
+    }
+
+    /// While the other side has a queue, read into its tail directly so bytes stay in order.
+    private func readIntoQueue(_ side: Int) {
+        let source = sides + side
+        let peer = 1 - side
+        let queue = sides[peer].queue!
+        var vector = iovec()
+        let want = min(eventBase.scratchSize, max(4096, options.highWatermark - evbuffer_get_length(queue)))
+        guard evbuffer_reserve_space(queue, want, &vector, 1) >= 1 else { return }
+        let n = read(source.pointee.fd, vector.iov_base, min(vector.iov_len, want))
+        if n > 0 {
+            vector.iov_len = n
+            evbuffer_commit_space(queue, &vector, 1)
+            source.pointee.bytesRead &+= n
+            pauseIfFull(peer)
+        } else if n == 0 {
+            evbuffer_commit_space(queue, nil, 0)
+            endOfFile(side)
+        } else {
+            evbuffer_commit_space(queue, nil, 0)
+            let code = currentErrno
+            if code != EAGAIN && code != EINTR { failed(side, code) }
+        }
+    }
+
+    /// Queues bytes for `side` that its socket did not take, and waits for it to turn writable.
+    private func enqueue(_ side: Int, _ bytes: UnsafeMutableRawPointer, _ count: Int) {
+        if sides[side].queue == nil { sides[side].queue = evbuffer_new() }
+        evbuffer_add(sides[side].queue, bytes, count)
+        if !sides[side].writeArmed {
+            sides[side].writeArmed = true
+            event_add(writeEvent(side), nil)
+        }
+        pauseIfFull(side)
+    }
+
+    /// Stops reading from the peer of `side` while `side`'s queue is at the high watermark.
+    private func pauseIfFull(_ side: Int) {
+        let peer = 1 - side
+        if sides[side].queued >= options.highWatermark && !sides[peer].paused {
+            sides[peer].paused = true
+            event_del(readEvent(peer))
+        }
+    }
+
+    /// `side` can take more bytes: flush its queue, resume its paused peer, finish a pending half-close.
+    func writable(_ side: Int) {
+        lastActivity = eventBase.cachedMicroseconds
+        let target = sides + side
+        if let queue = target.pointee.queue, evbuffer_get_length(queue) > 0 {
+            let n = evbuffer_write(queue, target.pointee.fd)
+            if n < 0 {
+                let code = currentErrno
+                guard code == EAGAIN || code == EINTR else { return failed(side, code) }
+            }
+        }
+        let remaining = target.pointee.queued
+        let peer = 1 - side
+        if remaining == 0 && target.pointee.writeArmed {
+            target.pointee.writeArmed = false
+            event_del(writeEvent(side))
+        }
+        if sides[peer].paused && remaining <= options.highWatermark / 2 {
+            sides[peer].paused = false
+            if !sides[peer].eof { event_add(readEvent(peer), nil) }
+        }
+        if remaining == 0 && sides[peer].eof { shutdownWrite(side) }
+    }
+
+    /// `side` finished sending: stop reading it, and shut the other side's write half once flushed.
+    private func endOfFile(_ side: Int) {
+        sides[side].eof = true
+        event_del(readEvent(side))
+        let peer = 1 - side
+        if sides[peer].queued == 0 { shutdownWrite(peer) }
+    }
+
+    private func shutdownWrite(_ side: Int) {
+        guard !sides[side].writeShut else { return }
+        sides[side].writeShut = true
+        shutdown(sides[side].fd, Int32(SHUT_WR))
+        if sides[0].writeShut && sides[1].writeShut { close(.completed) }
+    }
+
+    private func failed(_ side: Int, _ code: Int32) {
+        close(side == Relay.client ? .clientError(code) : .upstreamError(code))
+    }
+
+    private func connectFinished(timedOut: Bool) {
+        var error: ConnectError?
+        if timedOut {
+            error = .timedOut
+        } else {
+            var code: Int32 = 0
+            var length = socklen_t(MemoryLayout<Int32>.size)
+            if getsockopt(sides[1].fd, SOL_SOCKET, SO_ERROR, &code, &length) < 0 { code = currentErrno }
+            if code != 0 { error = ConnectError(errno: code) }
+        }
+        if let error {
+            dropUpstream()
+            delegate?.relayConnectFailed(self, error: error)
+        } else {
+            established()
         }
     }
 
     private func established() {
-        guard let upstream else { return }
         state = .relaying
-        bufferevent_set_timeouts(upstream, nil, nil)
-        bufferevent_enable(upstream, Int16(EV_READ | EV_WRITE))
-        bufferevent_enable(client, Int16(EV_READ | EV_WRITE))
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        let base = eventBase.base
+        let persistRead = Int16(EV_READ | EV_PERSIST)
+        let persistWrite = Int16(EV_WRITE | EV_PERSIST)
+        event_assign(event(.clientRead), base, sides[0].fd, persistRead, relayIOCallback, me)
+        event_assign(event(.clientWrite), base, sides[0].fd, persistWrite, relayIOCallback, me)
+        event_assign(event(.upstreamRead), base, sides[1].fd, persistRead, relayIOCallback, me)
+        event_assign(event(.upstreamWrite), base, sides[1].fd, persistWrite, relayIOCallback, me)
+        event_assign(event(.idle), base, -1, 0, relayIdleCallback, me)
+        event_add(event(.clientRead), nil)
+        event_add(event(.upstreamRead), nil)
         lastActivity = eventBase.cachedMicroseconds
         if options.idleTimeoutMicroseconds > 0 {
-            idleTimer = event_new(eventBase.base, -1, 0, relayIdleCallback, Unmanaged.passUnretained(self).toOpaque())
             var tv = timevalFrom(microseconds: options.idleTimeoutMicroseconds)
-            event_add(idleTimer, &tv)
+            event_add(event(.idle), &tv)
         }
         delegate?.relayConnected(self)
     }
 
-    /// One side finished sending: flush what it sent to the other side, then shut that side's write half.
-    private func endOfFile(from bev: OpaquePointer, fromClient: Bool) {
-        guard let upstream else { return }
-        let destination = fromClient ? upstream : client
-        if fromClient { clientSide.eof = true } else { upstreamSide.eof = true }
-        let input = bufferevent_get_input(bev)
-        let count = evbuffer_get_length(input)
-        if count > 0 {
-            evbuffer_add_buffer(bufferevent_get_output(destination), input)
-            if fromClient { clientSide.bytesRead &+= count } else { upstreamSide.bytesRead &+= count }
-        }
-        bufferevent_disable(bev, Int16(EV_READ))
-        bufferevent_setwatermark(destination, Int16(EV_WRITE), 0, 0)
-        shutdownIfFlushed(destination)
-    }
-
-    /// Shuts the write half of `bev` once its output is empty, and closes the relay when both are shut.
-    private func shutdownIfFlushed(_ bev: OpaquePointer) {
-        let toClient = bev == client
-        guard evbuffer_get_length(bufferevent_get_output(bev)) == 0 else { return }
-        if toClient {
-            guard !clientSide.writeShut else { return }
-            clientSide.writeShut = true
-        } else {
-            guard !upstreamSide.writeShut else { return }
-            upstreamSide.writeShut = true
-        }
-        shutdown(bufferevent_getfd(bev), Int32(SHUT_WR))
-        if clientSide.writeShut && upstreamSide.writeShut {
-            close(.completed)
-        }
-    }
-
     func idleCheck() {
-        guard state == .relaying, let idleTimer else { return }
+        guard state == .relaying else { return }
         let idleFor = eventBase.cachedMicroseconds - lastActivity
         let remaining = options.idleTimeoutMicroseconds - idleFor
         if remaining <= 0 {
             close(.idleTimeout)
         } else {
             var tv = timevalFrom(microseconds: remaining)
-            event_add(idleTimer, &tv)
+            event_add(event(.idle), &tv)
         }
     }
 }

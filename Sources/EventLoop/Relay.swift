@@ -71,12 +71,14 @@ public struct RelayOptions: Sendable {
 /// One proxied client: the accepted client socket, at most one upstream connection (connecting or
 /// established), and the bytes flowing between them.
 ///
-/// The relay owns both bufferevents and keeps itself alive (one retain) from creation until it closes;
-/// libevent callbacks reach it through an unretained pointer. Bytes move from one side's input buffer to
-/// the other's output buffer with `evbuffer_add_buffer`, which moves chains without copying. Reading from
-/// a side stops while the other side's output holds `highWatermark` bytes and resumes once half of that
-/// has drained. An end-of-file from one side becomes a write shutdown on the other, after its pending
-/// output is flushed; the relay closes when both directions are finished or on the first error.
+/// The relay keeps itself alive (one retain) from creation until it closes; libevent callbacks reach it
+/// through an unretained pointer. Bytes read from one socket are written straight to the other from the
+/// loop's scratch buffer: two system calls, no allocation and no copy into user-space queues. Only what
+/// the destination cannot take at once is queued, in an evbuffer that is flushed when the socket turns
+/// writable. Reading from a side pauses while the other side has `highWatermark` bytes queued and
+/// resumes once half of that has drained. An end-of-file from one side becomes a write shutdown on the
+/// other after its queue is flushed; the relay closes when both directions are finished or on the first
+/// error.
 public final class Relay {
     enum State { case idle, connecting, relaying, closed }
 
@@ -84,11 +86,10 @@ public final class Relay {
     let eventBase: EventBase
     let options: RelayOptions
     var state = State.idle
-    var client: OpaquePointer
-    var upstream: OpaquePointer?
-    var clientSide = Side()
-    var upstreamSide = Side()
-    var idleTimer: OpaquePointer?
+    /// `sides[0]` is the client, `sides[1]` the upstream.
+    let sides: UnsafeMutablePointer<Side>
+    /// Storage for the relay's five libevent events (see `EventSlot`), allocated once.
+    let events: UnsafeMutableRawPointer
     var lastActivity: Int64 = 0
     /// Set while a libevent callback for this relay runs, so that closing defers the final release.
     var inCallback = false
@@ -98,22 +99,49 @@ public final class Relay {
     unowned(unsafe) var next: Relay?
 
     /// Bytes the client sent that were handed to the upstream, and bytes sent back to the client.
-    public var bytesFromClient: Int { clientSide.bytesRead }
-    public var bytesToClient: Int { upstreamSide.bytesRead }
+    public var bytesFromClient: Int { sides[0].bytesRead }
+    public var bytesToClient: Int { sides[1].bytesRead }
     /// The upstream this relay is connecting or connected to.
     public private(set) var upstreamEndpoint: Endpoint?
     /// When the relay was created, in the loop's microseconds.
     public let startedAt: Int64
 
+    static let client = 0
+    static let upstream = 1
+
+    /// One socket of the pair.
     struct Side {
+        var fd: Int32 = -1
         var bytesRead = 0
-        /// Reading paused because the other side's output is full.
+        /// Bytes waiting to be written to this socket; created on the first partial write.
+        var queue: OpaquePointer?
+        /// Reading from this side stopped because the other side's queue is full.
         var paused = false
         /// This side sent end-of-file.
         var eof = false
-        /// This side's write half was shut down after the other side's EOF was flushed.
+        /// This side's write half was shut down after the other side's end-of-file was flushed.
         var writeShut = false
+        var writeArmed = false
+
+        var queued: Int { queue.map { evbuffer_get_length($0) } ?? 0 }
     }
+
+    enum EventSlot: Int {
+        case clientRead, clientWrite, upstreamRead, upstreamWrite, idle
+    }
+
+    static let eventSize = event_get_struct_event_size()
+
+    @inline(__always)
+    func event(_ slot: EventSlot) -> OpaquePointer {
+        OpaquePointer(events + slot.rawValue * Self.eventSize)
+    }
+
+    @inline(__always)
+    func readEvent(_ side: Int) -> OpaquePointer { event(side == Self.client ? .clientRead : .upstreamRead) }
+
+    @inline(__always)
+    func writeEvent(_ side: Int) -> OpaquePointer { event(side == Self.client ? .clientWrite : .upstreamWrite) }
 
     /// Wraps an accepted, non-blocking client socket; the relay owns and eventually closes it.
     public init(base: EventBase, clientFD: Int32, options: RelayOptions, delegate: any RelayDelegate,
@@ -122,12 +150,19 @@ public final class Relay {
         self.options = options
         self.delegate = delegate
         self.startedAt = base.cachedMicroseconds
+        sides = .allocate(capacity: 2)
+        sides.initialize(repeating: Side(), count: 2)
+        sides[0].fd = clientFD
+        events = .allocate(byteCount: 5 * Self.eventSize, alignment: 16)
+        events.initializeMemory(as: UInt8.self, repeating: 0, count: 5 * Self.eventSize)
         Self.setNoDelay(clientFD)
-        client = bufferevent_socket_new(base.base, clientFD, Int32(BEV_OPT_CLOSE_ON_FREE.rawValue))!
-        let me = Unmanaged.passRetained(self).toOpaque()
-        bufferevent_setcb(client, relayReadCallback, relayWriteCallback, relayEventCallback, me)
-        tune(client)
+        _ = Unmanaged.passRetained(self)
         group.insert(self)
+    }
+
+    deinit {
+        sides.deallocate()
+        events.deallocate()
     }
 
     /// Starts a non-blocking connect to `endpoint`, bounded by `timeoutMicroseconds`. The outcome arrives
@@ -145,23 +180,16 @@ public final class Relay {
         } while result < 0 && currentErrno == EINTR
         if result < 0 && currentErrno != EINPROGRESS {
             let error = ConnectError(errno: currentErrno)
-            Socket.close(fd)
+            Glibc.close(fd)
             return error
         }
-        let bev = bufferevent_socket_new(eventBase.base, fd, Int32(BEV_OPT_CLOSE_ON_FREE.rawValue))!
-        bufferevent_setcb(bev, relayReadCallback, relayWriteCallback, relayEventCallback,
-                          Unmanaged.passUnretained(self).toOpaque())
-        tune(bev)
-        var tv = timevalFrom(microseconds: timeoutMicroseconds)
-        bufferevent_set_timeouts(bev, nil, &tv)
-        upstream = bev
+        // Whether connected already or in progress, completion is reported when the socket is writable.
+        sides[1].fd = fd
         state = .connecting
-        // With no address, libevent takes the socket as already connecting and waits for it to be writable.
-        if bufferevent_socket_connect(bev, nil, 0) != 0 {
-            let error = ConnectError(errno: currentErrno)
-            dropUpstream()
-            return error
-        }
+        let connectEvent = event(.upstreamWrite)
+        event_assign(connectEvent, eventBase.base, fd, Int16(EV_WRITE), relayIOCallback, Unmanaged.passUnretained(self).toOpaque())
+        var tv = timevalFrom(microseconds: timeoutMicroseconds)
+        event_add(connectEvent, &tv)
         return nil
     }
 
@@ -175,19 +203,15 @@ public final class Relay {
         }
     }
 
-    private func tune(_ bev: OpaquePointer?) {
-        let chunk = min(options.highWatermark, 256 << 10)
-        bufferevent_set_max_single_read(bev, chunk)
-        bufferevent_set_max_single_write(bev, chunk)
-    }
-
-    private static func setNoDelay(_ fd: Int32) {
+    static func setNoDelay(_ fd: Int32) {
         try? Socket.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
     }
 
+    /// Ends a failed connect attempt: the upstream socket is closed and the relay can connect again.
     func dropUpstream() {
-        if let upstream { bufferevent_free(upstream) }
-        upstream = nil
+        event_del(event(.upstreamWrite))
+        Glibc.close(sides[1].fd)
+        sides[1] = Side()
         state = .idle
     }
 
@@ -195,14 +219,19 @@ public final class Relay {
     @discardableResult
     func finish(_ reason: RelayCloseReason) -> Bool {
         guard state != .closed else { return false }
+        let wasRelaying = state == .relaying
+        if state == .connecting { event_del(event(.upstreamWrite)) }
         state = .closed
-        if let idleTimer {
-            event_free(idleTimer)
-            self.idleTimer = nil
+        if wasRelaying {
+            for slot in [EventSlot.clientRead, .clientWrite, .upstreamRead, .upstreamWrite, .idle] {
+                event_del(event(slot))
+            }
         }
-        if let upstream { bufferevent_free(upstream) }
-        upstream = nil
-        bufferevent_free(client)
+        for i in 0..<2 {
+            if sides[i].fd >= 0 { Glibc.close(sides[i].fd) }
+            if let queue = sides[i].queue { evbuffer_free(queue) }
+            sides[i].queue = nil
+        }
         group?.remove(self)
         let delegate = self.delegate
         self.delegate = nil
