@@ -7,7 +7,7 @@ SWIFT ?= swift
 
 BUILD_PACKAGES := libevent-dev pkg-config
 RUN_PACKAGES := $(BUILD_PACKAGES) redis-server redis-tools
-TEST_PACKAGES := $(BUILD_PACKAGES)
+TEST_PACKAGES := $(BUILD_PACKAGES) valgrind binutils python3
 
 # The release build; the Dockerfile runs exactly this.
 RELEASE_FLAGS := -c release --static-swift-stdlib --product fulcrum
@@ -19,6 +19,7 @@ run: deps-run release
 
 test: deps-test
 	$(SWIFT) build --build-tests
+	Tests/leakcheck.sh
 	$(SWIFT) test --skip-build
 
 build: deps-test
@@ -35,7 +36,7 @@ bench:
 	bench/compare.sh
 
 leakcheck: build
-	bench/leakcheck.sh
+	Tests/leakcheck.sh
 
 deps-run:
 	.ci/ensure-packages $(RUN_PACKAGES)
