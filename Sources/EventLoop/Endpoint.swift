@@ -38,6 +38,26 @@ public struct Endpoint: Sendable, CustomStringConvertible {
         self.length = length
     }
 
+    /// Copies a kernel socket address (as handed over by accept).
+    init(_ address: UnsafePointer<sockaddr>, length: Int32) {
+        var storage = sockaddr_storage()
+        let size = min(Int(length), MemoryLayout<sockaddr_storage>.size)
+        withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: UnsafeRawBufferPointer(start: address, count: size)) }
+        self.init(storage: storage, length: socklen_t(size))
+    }
+
+    /// The raw IP address bytes (4 or 16), without the port.
+    public func withAddressBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
+        withUnsafeBytes(of: storage) { raw in
+            if family == AF_INET {
+                let offset = MemoryLayout<sockaddr_in>.offset(of: \sockaddr_in.sin_addr)!
+                return body(UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + 4)]))
+            }
+            let offset = MemoryLayout<sockaddr_in6>.offset(of: \sockaddr_in6.sin6_addr)!
+            return body(UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + 16)]))
+        }
+    }
+
     var family: Int32 { Int32(storage.ss_family) }
 
     public var port: UInt16 {

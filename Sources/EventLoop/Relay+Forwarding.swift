@@ -55,7 +55,9 @@ extension Relay {
         let destination = sides + peer
         let scratch = eventBase.scratch
         let size = eventBase.scratchSize
-        lastActivity = eventBase.cachedMicroseconds
+        let now = eventBase.cachedMicroseconds
+        lastActivity = now
+        if options.measureLatency { turn(side, now: now) }
         for _ in 0..<4 {
             if destination.pointee.queue != nil && destination.pointee.queued > 0 {
                 readIntoQueue(side)
@@ -82,6 +84,17 @@ extension Relay {
                 if code == EAGAIN || code == EINTR { return }
                 return failed(side, code)
             }
+        }
+    }
+
+    /// Turn-taking without parsing: client bytes start a wait, the first backend bytes after them end it.
+    private func turn(_ side: Int, now: Int64) {
+        if side == Relay.client {
+            if awaitingSince == 0 { awaitingSince = now }
+        } else if awaitingSince != 0 {
+            let latency = now - awaitingSince
+            awaitingSince = 0
+            delegate?.relayMeasured(self, latency: latency)
         }
     }
 

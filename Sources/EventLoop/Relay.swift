@@ -55,16 +55,26 @@ public protocol RelayDelegate: AnyObject {
     func relayConnected(_ relay: Relay)
     func relayConnectFailed(_ relay: Relay, error: ConnectError)
     func relayClosed(_ relay: Relay, reason: RelayCloseReason)
+    /// With `RelayOptions.measureLatency`: the time from forwarding client bytes to the first bytes of the
+    /// backend's answer, once per turn (request, then response).
+    func relayMeasured(_ relay: Relay, latency microseconds: Int64)
+}
+
+extension RelayDelegate {
+    public func relayMeasured(_ relay: Relay, latency microseconds: Int64) {}
 }
 
 public struct RelayOptions: Sendable {
     /// Reading from one side pauses while the other side has this many bytes waiting to be sent.
     public var highWatermark: Int
     public var idleTimeoutMicroseconds: Int64
+    /// Report request-to-first-byte latency through `relayMeasured`.
+    public var measureLatency: Bool
 
-    public init(highWatermark: Int, idleTimeoutMicroseconds: Int64) {
+    public init(highWatermark: Int, idleTimeoutMicroseconds: Int64, measureLatency: Bool = false) {
         self.highWatermark = highWatermark
         self.idleTimeoutMicroseconds = idleTimeoutMicroseconds
+        self.measureLatency = measureLatency
     }
 }
 
@@ -91,6 +101,8 @@ public final class Relay {
     /// Storage for the relay's five libevent events (see `EventSlot`), allocated once.
     let events: UnsafeMutableRawPointer
     var lastActivity: Int64 = 0
+    /// When client bytes were forwarded with no answer yet (latency measurement); 0 when not waiting.
+    var awaitingSince: Int64 = 0
     /// Set while a libevent callback for this relay runs, so that closing defers the final release.
     var inCallback = false
     var releasePending = false

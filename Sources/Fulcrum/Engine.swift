@@ -31,12 +31,15 @@ public final class Engine {
         let base = EventBase()
         let (engineFD, engineSender) = try WakeupReceiver.makePipe()
         var threads: [LoopThread] = []
-        var senders: [WakeupSender] = []
+        var pipes: [(receive: Int32, send: WakeupSender)] = []
+        for _ in 0..<workers { pipes.append(try WakeupReceiver.makePipe()) }
+        let senders = pipes.map(\.send)
+        let pools = config.pools.map { PoolShared(backends: $0.backends.count) }
+        let seed = UInt64(truncatingIfNeeded: base.cachedMicroseconds) ^ UInt64(getpid())
         for id in 0..<workers {
-            let (fd, sender) = try WakeupReceiver.makePipe()
-            senders.append(sender)
-            let plan = WorkerPlan(id: id, config: config, listenerFDs: sockets.map { $0[id] }, wakeupFD: fd,
-                                  wakeupSender: sender, engineSender: engineSender, logger: logger)
+            let plan = WorkerPlan(id: id, config: config, listenerFDs: sockets.map { $0[id] }, wakeupFD: pipes[id].receive,
+                                  wakeupSender: pipes[id].send, allWorkers: senders, engineSender: engineSender,
+                                  pools: pools, seed: seed, logger: logger)
             threads.append(LoopThread.spawn(name: "fulcrum-w\(id)") {
                 let worker = Worker(plan: plan)
                 worker.run()
@@ -95,7 +98,7 @@ public final class Engine {
                 let pool = config.pool(named: listener.pool)!
                 logger.info("listening on \(endpoint)", metadata: [
                     "listener": "\(listener.name)", "pool": "\(pool.name)", "backends": "\(pool.backends.count)",
-                    "balance": "\(pool.balance.rawValue)",
+                    "balance": "\(pool.balance.name)",
                 ])
             }
         } catch {

@@ -2,10 +2,12 @@ import EventLoop
 import FulcrumCore
 import Logging
 
-/// Commands the engine sends to its workers through their wakeup pipes.
+/// Commands the engine and other workers send to a worker through its wakeup pipe.
 enum WorkerCommand: UInt8 {
     /// Stop accepting, let open connections finish, close what remains at the drain timeout.
     case drain = 0x64 // "d"
+    /// A backend slot was freed in another worker: serve the pools' queues.
+    case serveQueues = 0x71 // "q"
 }
 
 /// Counters of one worker, written only by its thread and summed by the engine when the worker ends.
@@ -17,7 +19,7 @@ struct WorkerStats {
     var bytesToClients = 0
 }
 
-/// What a worker thread needs from the engine: plain values and descriptors, safe to hand across threads.
+/// What a worker thread needs from the engine: plain values, descriptors and shared pool counters.
 struct WorkerPlan: Sendable {
     var id: Int
     var config: FulcrumConfig
@@ -25,13 +27,17 @@ struct WorkerPlan: Sendable {
     var listenerFDs: [Int32]
     var wakeupFD: Int32
     var wakeupSender: WakeupSender
+    /// Every worker's wakeup, to tell the others that a backend slot was freed.
+    var allWorkers: [WakeupSender]
     /// Told with this worker's id when the worker's loop has ended.
     var engineSender: WakeupSender
+    var pools: [PoolShared]
+    var seed: UInt64
     var logger: Logger
 }
 
 /// One event loop thread: accepts on its own SO_REUSEPORT sockets and relays every connection it accepts
-/// to the end, so that nothing is shared between workers on the data path.
+/// to the end, so that nothing but backend connection counts is shared between workers.
 final class Worker {
     let id: Int
     let base = EventBase()
@@ -43,7 +49,9 @@ final class Worker {
     private var listeners: [Listener] = []
     private var wakeup: WakeupReceiver?
     private var drainTimer: Timer?
+    private var slowStartTimer: Timer?
     private var draining = false
+    private var servingQueues = false
 
     init(plan: WorkerPlan) {
         self.plan = plan
@@ -51,40 +59,131 @@ final class Worker {
         logger = plan.logger
         logger[metadataKey: "worker"] = "\(plan.id)"
         let config = plan.config
-        pools = config.pools.map { PoolRuntime(config: $0, bufferSize: config.bufferSize) }
+        let now = base.cachedMicroseconds
+        pools = config.pools.enumerated().map { index, pool in
+            PoolRuntime(index: index, config: pool, bufferSize: config.bufferSize, shared: plan.pools[index],
+                        seed: plan.seed &+ UInt64(index) &* 0x1000_0001 &+ UInt64(plan.id), now: now)
+        }
         for (index, listener) in config.listeners.enumerated() {
             let pool = pools.first { $0.config.name == listener.pool }!
-            listeners.append(Listener(base: base, fd: plan.listenerFDs[index], onAccept: { [unowned self] fd in
-                self.accept(fd, pool: pool)
+            listeners.append(Listener(base: base, fd: plan.listenerFDs[index], onAccept: { [unowned self] fd, peer in
+                self.accept(fd, peer: peer, pool: pool)
             }, onError: { [unowned self] error in
                 self.logger.error("accept failed", metadata: ["listener": "\(listener.name)", "error": "\(error)"])
             }))
         }
         wakeup = WakeupReceiver(base: base, receive: plan.wakeupFD, send: plan.wakeupSender) { [unowned self] byte in
-            if WorkerCommand(rawValue: byte) == .drain { self.drain() }
+            switch WorkerCommand(rawValue: byte) {
+            case .drain: self.drain()
+            case .serveQueues: for pool in self.pools { self.serveQueue(pool) }
+            case nil: break
+            }
         }
+        slowStartTimer = Timer(base: base) { [unowned self] in self.advanceSlowStart() }
     }
 
     /// Runs the loop until the worker has drained; then frees every handle before the base.
     func run() {
         base.run()
         relays.closeAll(.shutdown)
+        for pool in pools { pool.queueTimer = nil }
         listeners.removeAll()
         drainTimer = nil
+        slowStartTimer = nil
         wakeup = nil
         plan.engineSender.send(UInt8(id))
     }
 
-    private func accept(_ fd: Int32, pool: PoolRuntime) {
+    private func accept(_ fd: Int32, peer: Endpoint, pool: PoolRuntime) {
         stats.accepted += 1
-        let session = Session(worker: self, pool: pool)
+        let session = Session(worker: self, pool: pool, clientHash: pool.clientHash(peer))
         let relay = Relay(base: base, clientFD: fd, options: pool.relayOptions, delegate: session, group: relays)
-        session.connectNext(relay)
+        session.start(relay)
     }
 
     func relayEnded() {
         if draining && relays.count == 0 { base.exit() }
     }
+
+    // MARK: - Queues
+
+    /// Puts a session at the back of its pool's queue; false when the queue is full.
+    func enqueue(_ session: Session) -> Bool {
+        let pool = session.pool
+        guard pool.waiting.push(session, now: base.cachedMicroseconds) else { return false }
+        pool.balancer.shared.waiting.wrappingAdd(1, ordering: .relaxed)
+        if pool.waiting.count == 1 { armQueueTimer(pool) }
+        return true
+    }
+
+    /// Takes a session out of its pool's queue wherever it is.
+    func dequeue(_ session: Session) {
+        let pool = session.pool
+        if pool.waiting.first === session { pool.waiting.popFirst() } else { pool.waiting.remove(session) }
+        pool.balancer.shared.waiting.wrappingSubtract(1, ordering: .relaxed)
+        armQueueTimer(pool)
+    }
+
+    private func armQueueTimer(_ pool: PoolRuntime) {
+        guard let deadline = pool.waiting.nextDeadline else {
+            pool.queueTimer?.cancel()
+            return
+        }
+        if pool.queueTimer == nil {
+            pool.queueTimer = Timer(base: base) { [unowned self, unowned pool] in self.expireQueue(pool) }
+        }
+        pool.queueTimer?.schedule(after: deadline - base.cachedMicroseconds)
+    }
+
+    private func expireQueue(_ pool: PoolRuntime) {
+        let expired = pool.waiting.expire(now: base.cachedMicroseconds)
+        pool.balancer.shared.waiting.wrappingSubtract(expired.count, ordering: .relaxed)
+        for session in expired { session.queueTimedOut() }
+        armQueueTimer(pool)
+    }
+
+    /// A connection slot of `pool` was given back: serve this worker's waiting clients, and wake the other
+    /// workers if any of theirs are waiting too.
+    func slotFreed(_ pool: PoolRuntime) {
+        if !pool.waiting.isEmpty { serveQueue(pool) }
+        if pool.balancer.shared.waiting.load(ordering: .relaxed) > pool.waiting.count {
+            for (index, sender) in plan.allWorkers.enumerated() where index != id {
+                sender.send(WorkerCommand.serveQueues.rawValue)
+            }
+        }
+    }
+
+    /// Hands free slots to waiting clients in arrival order until the pool is full again.
+    func serveQueue(_ pool: PoolRuntime) {
+        guard !servingQueues else { return }
+        servingQueues = true
+        defer { servingQueues = false }
+        // A session that is still refused stays at the head with its original deadline.
+        while let session = pool.waiting.first {
+            guard session.connectNext() else { break }
+            // Served or closed: either way it has left the queue.
+            if pool.waiting.first === session { dequeue(session) }
+        }
+    }
+
+    // MARK: - Slow start
+
+    /// Starts advancing slow start if any pool is ramping a backend up.
+    func slowStartBegan() {
+        slowStartTimer?.schedule(after: 100_000)
+    }
+
+    private func advanceSlowStart() {
+        let now = base.cachedMicroseconds
+        var ramping = false
+        for pool in pools where pool.balancer.ramping {
+            pool.balancer.tick(now: now)
+            ramping = ramping || pool.balancer.ramping
+        }
+        if ramping { slowStartTimer?.schedule(after: 100_000) }
+    }
+
+    // MARK: - Drain
 
     private func drain() {
         guard !draining else { return }

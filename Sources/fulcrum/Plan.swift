@@ -22,12 +22,28 @@ enum Plan {
         }
         for pool in config.pools {
             lines.append("")
-            lines.append("pool \(pool.name): balance \(pool.balance.rawValue), connect_timeout \(pool.connectTimeout.configText), "
-                + "idle_timeout \(pool.idleTimeout.configText), retries \(pool.retries)")
-            let total = pool.backends.reduce(0) { $0 + $1.weight }
+            let options = pool.balance.optionsText
+            lines.append("pool \(pool.name): balance \(pool.balance.name)\(options.isEmpty ? "" : " (\(options))"), "
+                + "connect_timeout \(pool.connectTimeout.configText), idle_timeout \(pool.idleTimeout.configText), "
+                + "retries \(pool.retries)")
+            var extras: [String] = []
+            if pool.slowStart > .zero { extras.append("slow_start \(pool.slowStart.configText)") }
+            if pool.backends.contains(where: { $0.maxConnections != nil }) {
+                extras.append("queue size \(pool.queue.size) per worker, timeout \(pool.queue.timeout.configText)")
+            }
+            if !extras.isEmpty { lines.append("  " + extras.joined(separator: ", ")) }
+            let primary = pool.backends.map(\.priority).min() ?? 0
+            let total = pool.backends.filter { $0.priority == primary }.reduce(0) { $0 + $1.weight }
             for backend in pool.backends {
-                let share = total > 0 ? Double(backend.weight) * 100 / Double(total) : 0
-                lines.append("  \(backend.address)  weight \(backend.weight)  (\(Int(share.rounded()))% of connections)")
+                var line = "  \(backend.address)  weight \(backend.weight)"
+                if backend.priority == primary {
+                    let share = total > 0 ? Double(backend.weight) * 100 / Double(total) : 0
+                    line += "  (\(Int(share.rounded()))% of connections)"
+                } else {
+                    line += "  (backup, priority \(backend.priority))"
+                }
+                if let max = backend.maxConnections { line += "  max_connections \(max)" }
+                lines.append(line)
             }
             let users = config.listeners.filter { $0.pool == pool.name }.map(\.name)
             if users.isEmpty { lines.append("  note: no listener uses this pool") }

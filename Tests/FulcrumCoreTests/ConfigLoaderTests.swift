@@ -234,7 +234,7 @@ pools:
         #expect(found[0].message == "'many' is not a worker count")
         #expect(found[4].message.contains("'db.internal' is a host name") == true)
         #expect(found[7].message == "unknown balancing strategy 'fastest'")
-        #expect(found[7].hint == "use one of: round_robin")
+        #expect(found[7].hint == "use one of: round_robin, random, least_connections, p2c, peak_ewma, hash, first")
     }
 
     @Test func missingRequiredKeys() {
@@ -281,5 +281,101 @@ pools:
         let text = ConfigError([ConfigDiagnostic(file: "f.yaml", line: 3, keyPath: "pools.a.retries",
                                                  message: "-1 is out of range", hint: "use an integer from 0 to 100")]).description
         #expect(text == "1 configuration error:\n  f.yaml:3: pools.a.retries: -1 is out of range (use an integer from 0 to 100)")
+    }
+
+    // MARK: - Strategies, tiers and limits
+
+    @Test func strategiesWithOptionsRoundTrip() throws {
+        let config = try ConfigLoader.load(text: """
+        listeners:
+          - {name: a, listen: 127.0.0.1:7000, pool: latency}
+          - {name: b, listen: 127.0.0.1:7001, pool: sticky}
+          - {name: c, listen: 127.0.0.1:7002, pool: fill}
+        pools:
+          latency:
+            balance: {strategy: peak_ewma, decay: 5s, default_latency: 20ms}
+            slow_start: 30s
+            backends: [127.0.0.1:9001, 127.0.0.1:9002]
+          sticky:
+            balance:
+              strategy: hash
+              key: ip_port
+              hash_balance_factor: 1.25
+            backends:
+              - address: 127.0.0.1:9001
+              - address: 127.0.0.1:9002
+                backup: true
+              - address: 127.0.0.1:9003
+                priority: 2
+          fill:
+            balance: first
+            queue: {size: 10, timeout: 2s}
+            backends:
+              - {address: 127.0.0.1:9001, max_connections: 100}
+              - {address: 127.0.0.1:9002, max_connections: 50}
+        """, file: "strategies.yaml")
+        let latency = try #require(config.pool(named: "latency"))
+        #expect(latency.balance == .peakEWMA(decay: .seconds(5), defaultLatency: .milliseconds(20)))
+        #expect(latency.slowStart == .seconds(30))
+        let sticky = try #require(config.pool(named: "sticky"))
+        #expect(sticky.balance == .hash(key: .ipPort, balanceFactor: 1.25))
+        #expect(sticky.backends.map(\.priority) == [0, 1, 2])
+        let fill = try #require(config.pool(named: "fill"))
+        #expect(fill.balance == .first)
+        #expect(fill.queue == FulcrumConfig.Queue(size: 10, timeout: .seconds(2)))
+        #expect(fill.backends.map(\.maxConnections) == [100, 50])
+    }
+
+    @Test(arguments: ["round_robin", "random", "least_connections", "p2c", "peak_ewma", "hash", "first"])
+    func everyStrategyNameIsAccepted(name: String) throws {
+        let config = try ConfigLoader.load(text: """
+        listeners: [{name: a, listen: 127.0.0.1:7000, pool: app}]
+        pools:
+          app:
+            balance: \(name)
+            backends: [{address: 127.0.0.1:9001, max_connections: 10}]
+        """, file: "s.yaml")
+        #expect(config.pools[0].balance.name == name)
+    }
+
+    @Test func optionsAStrategyDoesNotTakeAreRejected() {
+        let found = diagnostics("""
+        listeners: [{name: a, listen: 127.0.0.1:7000, pool: app}]
+        pools:
+          app:
+            balance:
+              strategy: round_robin
+              decay: 10s
+            backends: [127.0.0.1:9001]
+        """)
+        #expect(found.map(\.line) == [6])
+        #expect(found.first?.keyPath == "pools.app.balance.decay")
+        #expect(found.first?.message == "strategy 'round_robin' takes no option 'decay'")
+        #expect(found.first?.hint == "round_robin has no options")
+    }
+
+    @Test func badStrategyOptionValues() {
+        let found = diagnostics("""
+        listeners: [{name: a, listen: 127.0.0.1:7000, pool: app}]
+        pools:
+          app:
+            balance: {strategy: hash, key: mac, hash_balance_factor: 0.5}
+            backends:
+              - {address: 127.0.0.1:9001, backup: maybe}
+        """)
+        #expect(found.map(\.message) == ["'mac' is not a hash key", "'0.5' is not a valid balance factor",
+                                          "'maybe' is not true or false"])
+    }
+
+    @Test func firstWithoutLimitsIsRejected() {
+        let found = diagnostics("""
+        listeners: [{name: a, listen: 127.0.0.1:7000, pool: app}]
+        pools:
+          app:
+            balance: first
+            backends: [127.0.0.1:9001]
+        """)
+        #expect(found.first?.message == "strategy 'first' needs max_connections on the backends")
+        #expect(found.first?.line == 4)
     }
 }

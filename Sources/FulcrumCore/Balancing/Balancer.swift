@@ -10,6 +10,7 @@ public struct TriedBackends: Sendable {
 
     public var count: Int { bits.nonzeroBitCount + overflow.count }
 
+    @inline(__always)
     public func contains(_ index: Int) -> Bool {
         index < 64 ? bits & (1 << UInt64(index)) != 0 : overflow.contains(index)
     }
@@ -23,31 +24,51 @@ public struct TriedBackends: Sendable {
     }
 }
 
+/// What a pick may depend on besides the backends themselves.
+public struct PickContext: Sendable {
+    /// Stable hash of the client's address (and port, if the pool hashes on it); 0 when unused.
+    public var clientHash: UInt64
+    public var now: Microseconds
+
+    public init(clientHash: UInt64 = 0, now: Microseconds = 0) {
+        self.clientHash = clientHash
+        self.now = now
+    }
+}
+
 /// A balancing strategy: picks the backend for each new client connection.
 ///
-/// One instance lives in each worker and is used only from that worker's thread, so strategies keep
-/// plain mutable state and take no locks. Backends are addressed by their index in the pool's list.
-public protocol Balancer: AnyObject {
-    /// The backend for a new connection, never one in `tried`; nil when every backend was tried.
-    func pick(excluding tried: TriedBackends) -> Int?
-    /// The pool's backends or their weights changed; `weights[i]` is backend i's weight.
-    func update(weights: [Int])
-    /// A connection to backend `index` was established.
-    func connectionOpened(_ index: Int)
-    /// A connection to backend `index` ended.
-    func connectionClosed(_ index: Int)
+/// One instance per priority tier of a pool per worker, used only from that worker's thread, so it keeps
+/// plain mutable state and takes no locks. Backends are indices into the pool's `BackendTable`; a strategy
+/// only ever picks among the `candidates` it was last given (the eligible backends of its tier), and
+/// never one for which `skip` says yes (already tried for this client, or at its connection limit).
+public protocol BalancingStrategy: AnyObject {
+    /// The candidates or their effective weights changed.
+    func rebuild(candidates: [Int])
+    /// A candidate for which `skip` is false, or nil when there is none. Allocates nothing.
+    func pick(_ context: PickContext, skip: (Int) -> Bool) -> Int?
+    /// The table's `active` count for `backend` just went up or down.
+    func connectionOpened(_ backend: Int)
+    func connectionClosed(_ backend: Int)
+    /// A measured latency (connect time or request-to-first-byte) for `backend`.
+    func observe(latency: Microseconds, backend: Int, now: Microseconds)
 }
 
-extension Balancer {
-    public func connectionOpened(_ index: Int) {}
-    public func connectionClosed(_ index: Int) {}
+extension BalancingStrategy {
+    public func connectionOpened(_ backend: Int) {}
+    public func connectionClosed(_ backend: Int) {}
+    public func observe(latency: Microseconds, backend: Int, now: Microseconds) {}
 }
 
-extension BalanceStrategy {
-    /// A fresh balancer of this strategy over backends with the given weights.
-    public func makeBalancer(weights: [Int]) -> any Balancer {
-        switch self {
-        case .roundRobin: return SmoothRoundRobin(weights: weights)
-        }
+/// The first candidate in `candidates` not skipped, scanning from `start` and wrapping: the fallback of
+/// sampling strategies once random draws keep landing on skipped backends.
+@inline(__always)
+func firstNotSkipped(_ candidates: [Int], from start: Int, skip: (Int) -> Bool) -> Int? {
+    let n = candidates.count
+    guard n > 0 else { return nil }
+    for k in 0..<n {
+        let backend = candidates[(start + k) % n]
+        if !skip(backend) { return backend }
     }
+    return nil
 }

@@ -53,6 +53,10 @@ public struct FulcrumConfig: Equatable, Sendable {
         public var idleTimeout: Duration
         /// Extra connect attempts, each on a backend not yet tried for this client.
         public var retries: Int
+        /// Ramp-up window for a backend that is new or just recovered; zero turns slow start off.
+        public var slowStart: Duration
+        /// Where clients wait when every eligible backend is at its `max_connections`.
+        public var queue: Queue
 
         public static let defaultConnectTimeout: Duration = .seconds(1)
         public static let defaultIdleTimeout: Duration = .seconds(600)
@@ -60,30 +64,50 @@ public struct FulcrumConfig: Equatable, Sendable {
 
         public init(name: String, backends: [Backend], balance: BalanceStrategy = .roundRobin,
                     connectTimeout: Duration = Self.defaultConnectTimeout,
-                    idleTimeout: Duration = Self.defaultIdleTimeout, retries: Int = Self.defaultRetries) {
+                    idleTimeout: Duration = Self.defaultIdleTimeout, retries: Int = Self.defaultRetries,
+                    slowStart: Duration = .zero, queue: Queue = Queue()) {
             self.name = name
             self.backends = backends
             self.balance = balance
             self.connectTimeout = connectTimeout
             self.idleTimeout = idleTimeout
             self.retries = retries
+            self.slowStart = slowStart
+            self.queue = queue
+        }
+    }
+
+    /// A pool's wait queue for clients that arrive while every eligible backend is full.
+    public struct Queue: Equatable, Sendable {
+        /// Clients that may wait per worker; 0 closes them at once.
+        public var size: Int
+        public var timeout: Duration
+
+        public static let defaultSize = 1024
+        public static let defaultTimeout: Duration = .seconds(5)
+
+        public init(size: Int = Self.defaultSize, timeout: Duration = Self.defaultTimeout) {
+            self.size = size
+            self.timeout = timeout
         }
     }
 
     public struct Backend: Equatable, Sendable {
         public var address: SocketAddress
         public var weight: Int
+        /// Lower numbers are preferred: 0 for primaries, 1 for `backup: true`.
+        public var priority: Int
+        /// Connections across all workers above which the backend is not picked; nil for no limit.
+        public var maxConnections: Int?
 
         public static let maxWeight = 1000
 
-        public init(address: SocketAddress, weight: Int = 1) {
+        public init(address: SocketAddress, weight: Int = 1, priority: Int = 0, maxConnections: Int? = nil) {
             self.address = address
             self.weight = weight
+            self.priority = priority
+            self.maxConnections = maxConnections
         }
     }
 }
 
-/// The balancing strategies a pool can name in `balance:`.
-public enum BalanceStrategy: String, CaseIterable, Equatable, Sendable {
-    case roundRobin = "round_robin"
-}

@@ -5,8 +5,9 @@ import Yams
 public enum ConfigLoader {
     static let topKeys = ["workers", "drain_timeout", "buffer_size", "listeners", "pools"]
     static let listenerKeys = ["name", "listen", "pool", "backlog"]
-    static let poolKeys = ["backends", "balance", "connect_timeout", "idle_timeout", "retries"]
-    static let backendKeys = ["address", "weight"]
+    static let poolKeys = ["backends", "balance", "connect_timeout", "idle_timeout", "retries", "slow_start", "queue"]
+    static let backendKeys = ["address", "weight", "backup", "priority", "max_connections"]
+    static let queueKeys = ["size", "timeout"]
 
     public static func load(text: String, file: String) throws(ConfigError) -> FulcrumConfig {
         var reader = YAMLReader(file: file)
@@ -131,15 +132,7 @@ public enum ConfigLoader {
     private static func buildPool(name: String, _ node: Node, _ r: inout YAMLReader) -> FulcrumConfig.Pool? {
         let path = "pools.\(name)"
         guard let f = r.fields(node, path, known: poolKeys) else { return nil }
-        var balance = BalanceStrategy.roundRobin
-        if let node = f["balance"], let text = r.scalar(node, f.path("balance"), expecting: "a strategy name") {
-            if let strategy = BalanceStrategy(rawValue: text) {
-                balance = strategy
-            } else {
-                r.report(node, f.path("balance"), "unknown balancing strategy '\(text)'",
-                         hint: "use one of: \(BalanceStrategy.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-        }
+        let balance = f["balance"].flatMap { buildBalance($0, f.path("balance"), &r) } ?? .roundRobin
         var connectTimeout = FulcrumConfig.Pool.defaultConnectTimeout
         if let node = f["connect_timeout"], let value = r.duration(node, f.path("connect_timeout")) {
             if value <= .zero {
@@ -158,6 +151,18 @@ public enum ConfigLoader {
         }
         let retries = f["retries"].flatMap { r.integer($0, f.path("retries"), in: 0...100) }
             ?? FulcrumConfig.Pool.defaultRetries
+        let slowStart = f["slow_start"].flatMap { r.duration($0, f.path("slow_start")) } ?? .zero
+        var queue = FulcrumConfig.Queue()
+        if let node = f["queue"], let q = r.fields(node, f.path("queue"), known: queueKeys) {
+            queue.size = q["size"].flatMap { r.integer($0, q.path("size"), in: 0...1_000_000) } ?? queue.size
+            if let node = q["timeout"], let value = r.duration(node, q.path("timeout")) {
+                if value <= .zero {
+                    r.report(node, q.path("timeout"), "must be greater than zero", hint: "use e.g. 5s")
+                } else {
+                    queue.timeout = value
+                }
+            }
+        }
 
         var backends: [FulcrumConfig.Backend] = []
         if let node = f["backends"] {
@@ -166,8 +171,12 @@ public enum ConfigLoader {
             r.report(f.node, f.path("backends"), "missing required key 'backends'",
                      hint: "list at least one backend, e.g. '- address: 127.0.0.1:6379'")
         }
+        if case .first = balance, !backends.isEmpty, backends.allSatisfy({ $0.maxConnections == nil }) {
+            r.report(f["balance"], f.path("balance"), "strategy 'first' needs max_connections on the backends",
+                     hint: "without a limit every connection goes to the first backend; set max_connections on each")
+        }
         return FulcrumConfig.Pool(name: name, backends: backends, balance: balance, connectTimeout: connectTimeout,
-                                  idleTimeout: idleTimeout, retries: retries)
+                                  idleTimeout: idleTimeout, retries: retries, slowStart: slowStart, queue: queue)
     }
 
     private static func buildBackends(_ node: Node, _ path: String, _ r: inout YAMLReader) -> [FulcrumConfig.Backend] {
@@ -195,17 +204,98 @@ public enum ConfigLoader {
                 r.integer($0, f.path("weight"), in: 1...FulcrumConfig.Backend.maxWeight,
                           note: "to take a backend out of rotation, remove it")
             } ?? 1
+            let maxConnections = f["max_connections"].flatMap { r.integer($0, f.path("max_connections"), in: 1...10_000_000) }
+            var priority = f["priority"].flatMap { r.integer($0, f.path("priority"), in: 0...100) } ?? 0
+            if let node = f["backup"], let backup = r.boolean(node, f.path("backup")), backup {
+                if f["priority"] != nil {
+                    r.report(node, f.path("backup"), "use either backup or priority, not both",
+                             hint: "backup: true is the same as priority: 1")
+                }
+                priority = max(priority, 1)
+            }
             if let address {
                 if let line = seen[address] {
                     r.report(f["address"], f.path("address"), "backend \(address) is already listed on line \(line)",
                              hint: "list each backend once; use weight to give it more traffic")
                 } else {
                     seen[address] = f["address"]?.mark?.line ?? 0
-                    backends.append(.init(address: address, weight: weight))
+                    backends.append(.init(address: address, weight: weight, priority: priority,
+                                          maxConnections: maxConnections))
                 }
             }
         }
         return backends
+    }
+
+    /// `balance: NAME` or `balance: {strategy: NAME, option: value, ...}`.
+    private static func buildBalance(_ node: Node, _ path: String, _ r: inout YAMLReader) -> BalanceStrategy? {
+        let names = StrategyRegistry.names.joined(separator: ", ")
+        var fields: Fields?
+        let nameNode: Node
+        if case .mapping = node {
+            let allOptions = ["strategy"] + StrategyRegistry.all.flatMap(\.options)
+            guard let f = r.fields(node, path, known: allOptions) else { return nil }
+            guard let strategyNode = f["strategy"] else {
+                r.report(node, "\(path).strategy", "missing required key 'strategy'", hint: "use one of: \(names)")
+                return nil
+            }
+            fields = f
+            nameNode = strategyNode
+        } else {
+            nameNode = node
+        }
+        let namePath = fields == nil ? path : "\(path).strategy"
+        guard let name = r.scalar(nameNode, namePath, expecting: "a strategy name") else { return nil }
+        guard let entry = StrategyRegistry.entry(named: name) else {
+            r.report(nameNode, namePath, "unknown balancing strategy '\(name)'", hint: "use one of: \(names)")
+            return nil
+        }
+        var valid = true
+        if let f = fields {
+            for (key, pair) in f.values where key != "strategy" && !entry.options.contains(key) {
+                valid = false
+                r.report(pair.key, f.path(key), "strategy '\(name)' takes no option '\(key)'",
+                         hint: entry.options.isEmpty ? "\(name) has no options"
+                             : "\(name) takes: \(entry.options.joined(separator: ", "))")
+            }
+        }
+        guard valid else { return nil }
+        switch name {
+        case "random": return .random
+        case "least_connections": return .leastConnections
+        case "p2c": return .powerOfTwoChoices
+        case "first": return .first
+        case "peak_ewma":
+            let decay = fields?["decay"].flatMap { r.duration($0, "\(path).decay") } ?? BalanceStrategy.defaultEWMADecay
+            let latency = fields?["default_latency"].flatMap { r.duration($0, "\(path).default_latency") }
+                ?? BalanceStrategy.defaultEWMALatency
+            if decay <= .zero, let node = fields?["decay"] {
+                r.report(node, "\(path).decay", "must be greater than zero", hint: "use e.g. 10s")
+            }
+            return .peakEWMA(decay: decay, defaultLatency: latency)
+        case "hash":
+            var key = HashKey.ip
+            if let node = fields?["key"], let text = r.scalar(node, "\(path).key", expecting: "ip or ip_port") {
+                if let value = HashKey(rawValue: text) {
+                    key = value
+                } else {
+                    r.report(node, "\(path).key", "'\(text)' is not a hash key", hint: "use ip or ip_port")
+                }
+            }
+            var factor: Double?
+            if let node = fields?["hash_balance_factor"],
+               let text = r.scalar(node, "\(path).hash_balance_factor", expecting: "a number above 1") {
+                if let value = Double(text), value > 1, value <= 100 {
+                    factor = value
+                } else {
+                    r.report(node, "\(path).hash_balance_factor", "'\(text)' is not a valid balance factor",
+                             hint: "use a number above 1, e.g. 1.25 (no backend above 125% of the average load)")
+                }
+            }
+            return .hash(key: key, balanceFactor: factor)
+        default:
+            return .roundRobin
+        }
     }
 
     private static func required<T>(_ f: Fields, _ key: String, _ r: inout YAMLReader,

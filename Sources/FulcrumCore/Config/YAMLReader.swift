@@ -87,6 +87,17 @@ struct YAMLReader {
         return value
     }
 
+    mutating func boolean(_ node: Node, _ path: String) -> Bool? {
+        guard let text = scalar(node, path, expecting: "true or false") else { return nil }
+        switch text.lowercased() {
+        case "true", "yes", "on": return true
+        case "false", "no", "off": return false
+        default:
+            report(node, path, "'\(text)' is not true or false", hint: "use true or false")
+            return nil
+        }
+    }
+
     mutating func address(_ node: Node, _ path: String, allowPortZero: Bool) -> SocketAddress? {
         guard let text = scalar(node, path, expecting: ConfigValue.addressHint) else { return nil }
         switch ConfigValue.address(text) {

@@ -1,0 +1,123 @@
+/// `round_robin`: smooth weighted round robin. Over every cycle of `sum(weights)` picks each backend gets
+/// exactly its weight's share, interleaved rather than in bursts.
+///
+/// Up to 64 candidates it is nginx's algorithm (add each weight to its running score, take the highest,
+/// subtract the total): weights 5,1,1 give a a b a c a a. Above 64 that O(n) scan would be too slow, so it
+/// switches to an earliest-deadline-first heap (as Envoy does), O(log n) per pick with the same exact
+/// shares: each backend's next turn is due 1/weight after its last, starting half a period in.
+public final class RoundRobinStrategy: BalancingStrategy {
+    static let scanLimit = 64
+    private let table: BackendTable
+    private var candidates: [Int] = []
+    // nginx scan: running score per candidate position.
+    private var score: [Int] = []
+    // EDF: deadlines as fractions with a common denominator, kept in a heap of candidate positions.
+    private var heap = IndexedMinHeap()
+    private var deadline: [Double] = []
+    private var stash: [Int] = []
+
+    public init(table: BackendTable) { self.table = table }
+
+    public func rebuild(candidates: [Int]) {
+        self.candidates = candidates
+        score = Array(repeating: 0, count: candidates.count)
+        if candidates.count > Self.scanLimit {
+            deadline = candidates.map { 0.5 / Double(table.effectiveWeight[$0]) }
+            stash.reserveCapacity(candidates.count)
+            heap.rebuild(count: candidates.count) { [deadline] a, b in
+                deadline[a] < deadline[b] || (deadline[a] == deadline[b] && a < b)
+            }
+        }
+    }
+
+    public func pick(_ context: PickContext, skip: (Int) -> Bool) -> Int? {
+        candidates.count > Self.scanLimit ? pickByDeadline(skip) : pickByScan(skip)
+    }
+
+    private func pickByScan(_ skip: (Int) -> Bool) -> Int? {
+        var best = -1
+        var total = 0
+        let weights = table.effectiveWeight
+        for position in candidates.indices {
+            let backend = candidates[position]
+            if skip(backend) { continue }
+            score[position] += weights[backend]
+            total += weights[backend]
+            if best < 0 || score[position] > score[best] { best = position }
+        }
+        guard best >= 0 else { return nil }
+        score[best] -= total
+        return candidates[best]
+    }
+
+    private func pickByDeadline(_ skip: (Int) -> Bool) -> Int? {
+        stash.removeAll(keepingCapacity: true)
+        var chosen: Int?
+        while let position = heap.popMin(less: less) {
+            if skip(candidates[position]) {
+                stash.append(position)
+                continue
+            }
+            deadline[position] += 1 / Double(table.effectiveWeight[candidates[position]])
+            heap.push(position, less: less)
+            chosen = candidates[position]
+            break
+        }
+        for position in stash { heap.push(position, less: less) }
+        return chosen
+    }
+
+    private func less(_ a: Int, _ b: Int) -> Bool {
+        deadline[a] < deadline[b] || (deadline[a] == deadline[b] && a < b)
+    }
+}
+
+/// A binary min-heap of small integers ordered by a caller-supplied comparison; storage is reused across
+/// rebuilds, so pushes and pops allocate nothing once built.
+struct IndexedMinHeap {
+    private(set) var items: [Int] = []
+
+    var isEmpty: Bool { items.isEmpty }
+
+    mutating func rebuild(count: Int, less: (Int, Int) -> Bool) {
+        items.removeAll(keepingCapacity: true)
+        items.reserveCapacity(count)
+        for i in 0..<count { push(i, less: less) }
+    }
+
+    mutating func push(_ item: Int, less: (Int, Int) -> Bool) {
+        items.append(item)
+        var child = items.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard less(items[child], items[parent]) else { break }
+            items.swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    mutating func popMin(less: (Int, Int) -> Bool) -> Int? {
+        guard let first = items.first else { return nil }
+        let last = items.removeLast()
+        if !items.isEmpty {
+            items[0] = last
+            siftDown(0, less: less)
+        }
+        return first
+    }
+
+    func peek() -> Int? { items.first }
+
+    private mutating func siftDown(_ start: Int, less: (Int, Int) -> Bool) {
+        var parent = start
+        while true {
+            let left = 2 * parent + 1
+            guard left < items.count else { return }
+            var smallest = left
+            if left + 1 < items.count && less(items[left + 1], items[left]) { smallest = left + 1 }
+            guard less(items[smallest], items[parent]) else { return }
+            items.swapAt(smallest, parent)
+            parent = smallest
+        }
+    }
+}
