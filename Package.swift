@@ -36,6 +36,8 @@ let package = Package(
             ]
         ),
         .target(name: "FulcrumTestSupport", dependencies: ["FulcrumCore"]),
+        // Plain timed harness: picks per second for every strategy and pool size (bench/picks.sh).
+        .executableTarget(name: "PickBenchmark", dependencies: ["FulcrumCore"], path: "bench/PickBenchmark"),
         .testTarget(name: "FulcrumCoreTests", dependencies: ["FulcrumCore", "FulcrumTestSupport"]),
         .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "FulcrumTestSupport"]),
         .testTarget(name: "FulcrumTests", dependencies: ["Fulcrum", "FulcrumCore", "FulcrumTestSupport"]),

@@ -10,7 +10,16 @@ public final class TestBackend: @unchecked Sendable {
         case echo
         /// Send `"<name>\n"` on accept, then echo.
         case greet(String)
+        /// Answer every chunk received with `"<name>:<chunk>"`, after `delay` (changeable while running).
+        case named(String)
     }
+
+    /// Added before each answer of a `.named` backend, in milliseconds.
+    public var delayMilliseconds: Int {
+        get { lock.withLock { _delay } }
+        set { lock.withLock { _delay = newValue } }
+    }
+    private var _delay = 0
 
     public let port: UInt16
     public let behavior: Behavior
@@ -74,7 +83,13 @@ public final class TestBackend: @unchecked Sendable {
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { break }
-            guard writeAll(fd, Array(buffer[0..<n])) else { return }
+            var answer = Array(buffer[0..<n])
+            if case .named(let name) = behavior {
+                let delay = delayMilliseconds
+                if delay > 0 { usleep(useconds_t(delay * 1000)) }
+                answer = Array("\(name):".utf8) + answer
+            }
+            guard writeAll(fd, answer) else { return }
         }
         shutdown(fd, Int32(SHUT_WR))
         // Wait for the client to close before closing, so a half-closed client still reads everything.
