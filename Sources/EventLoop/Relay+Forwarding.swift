@@ -29,6 +29,10 @@ let relayIdleCallback: event_callback_fn = { _, _, context in
     withRelay(context) { $0.idleCheck() }
 }
 
+let relayFirstByteCallback: event_callback_fn = { _, _, context in
+    withRelay(context) { $0.upstreamFailed(.firstByteTimeout) }
+}
+
 // MARK: - Forwarding
 
 extension Relay {
@@ -66,6 +70,7 @@ extension Relay {
             let n = read(source.pointee.fd, scratch, size)
             if n > 0 {
                 source.pointee.bytesRead &+= n
+                if !firstByteSeen { beforeFirstByte(side, scratch, n) }
                 var written = send(destination.pointee.fd, scratch, n, Int32(MSG_NOSIGNAL))
                 if written < 0 {
                     let code = currentErrno
@@ -78,6 +83,7 @@ extension Relay {
                 }
                 if n < size { return }
             } else if n == 0 {
+                if side == Relay.upstream && !firstByteSeen && upstreamFailed(.closed) { return }
                 return endOfFile(side)
             } else {
                 let code = currentErrno
@@ -85,6 +91,55 @@ extension Relay {
                 return failed(side, code)
             }
         }
+    }
+
+    /// Until the backend's first byte: keep the client's bytes for replay and watch for the first byte.
+    private func beforeFirstByte(_ side: Int, _ bytes: UnsafeRawPointer, _ count: Int) {
+        if side == Relay.upstream {
+            firstByteSeen = true
+            if let replay { evbuffer_free(replay) }
+            replay = nil
+            if firstByteTimerArmed {
+                event_del(event(.firstByte))
+                firstByteTimerArmed = false
+            }
+            delegate?.relayFirstByte(self)
+            return
+        }
+        if let replay, !replayOverflowed {
+            if evbuffer_get_length(replay) + count > options.replayLimit {
+                replayOverflowed = true
+                evbuffer_free(replay)
+                self.replay = nil
+            } else {
+                evbuffer_add(replay, bytes, count)
+            }
+        }
+        if options.firstByteTimeoutMicroseconds > 0 && !firstByteTimerArmed {
+            firstByteTimerArmed = true
+            var tv = timevalFrom(microseconds: options.firstByteTimeoutMicroseconds)
+            event_add(event(.firstByte), &tv)
+        }
+    }
+
+    /// The backend failed before its first byte: the delegate may replay on another backend (true), or
+    /// the failure takes its course (false).
+    @discardableResult
+    func upstreamFailed(_ failure: UpstreamFailure) -> Bool {
+        guard state == .relaying else { return false }
+        if firstByteTimerArmed {
+            event_del(event(.firstByte))
+            firstByteTimerArmed = false
+        }
+        let replayable = canReplay
+        let wantsReplay = delegate?.relayUpstreamFailed(self, failure, canReplay: replayable) ?? false
+        if replayable && wantsReplay && state == .relaying {
+            detachUpstream()
+            delegate?.relayDetached(self)
+            return true
+        }
+        if failure == .firstByteTimeout && state == .relaying { close(.upstreamError(ETIMEDOUT)) }
+        return state != .relaying
     }
 
     /// Turn-taking without parsing: client bytes start a wait, the first backend bytes after them end it.
@@ -108,12 +163,14 @@ extension Relay {
         guard evbuffer_reserve_space(queue, want, &vector, 1) >= 1 else { return }
         let n = read(source.pointee.fd, vector.iov_base, min(vector.iov_len, want))
         if n > 0 {
+            if !firstByteSeen { beforeFirstByte(side, vector.iov_base, n) }
             vector.iov_len = n
             evbuffer_commit_space(queue, &vector, 1)
             source.pointee.bytesRead &+= n
             pauseIfFull(peer)
         } else if n == 0 {
             evbuffer_commit_space(queue, nil, 0)
+            if side == Relay.upstream && !firstByteSeen && upstreamFailed(.closed) { return }
             endOfFile(side)
         } else {
             evbuffer_commit_space(queue, nil, 0)
@@ -182,6 +239,7 @@ extension Relay {
     }
 
     private func failed(_ side: Int, _ code: Int32) {
+        if side == Relay.upstream && !firstByteSeen && upstreamFailed(.reset(code)) { return }
         close(side == Relay.client ? .clientError(code) : .upstreamError(code))
     }
 
@@ -214,8 +272,30 @@ extension Relay {
         event_assign(event(.upstreamRead), base, sides[1].fd, persistRead, relayIOCallback, me)
         event_assign(event(.upstreamWrite), base, sides[1].fd, persistWrite, relayIOCallback, me)
         event_assign(event(.idle), base, -1, 0, relayIdleCallback, me)
-        event_add(event(.clientRead), nil)
+        event_assign(event(.firstByte), base, -1, 0, relayFirstByteCallback, me)
+        if !sides[0].eof { event_add(event(.clientRead), nil) }
         event_add(event(.upstreamRead), nil)
+        if let replay, evbuffer_get_length(replay) > 0 {
+            // A replay: a copy of the kept bytes goes first; the originals stay kept should this backend fail too.
+            let queue = evbuffer_new()!
+            sides[1].queue = queue
+            var extents = [iovec](repeating: iovec(), count: 16)
+            let found = Int(evbuffer_peek(replay, -1, nil, &extents, 16))
+            if found > extents.count {
+                extents = [iovec](repeating: iovec(), count: found)
+                _ = evbuffer_peek(replay, -1, nil, &extents, Int32(found))
+            }
+            for extent in extents.prefix(found) { evbuffer_add(queue, extent.iov_base, extent.iov_len) }
+            sides[1].writeArmed = true
+            event_add(event(.upstreamWrite), nil)
+            if options.firstByteTimeoutMicroseconds > 0 {
+                firstByteTimerArmed = true
+                var tv = timevalFrom(microseconds: options.firstByteTimeoutMicroseconds)
+                event_add(event(.firstByte), &tv)
+            }
+        } else if sides[0].eof {
+            shutdownWrite(Relay.upstream)
+        }
         lastActivity = eventBase.cachedMicroseconds
         if options.idleTimeoutMicroseconds > 0 {
             var tv = timevalFrom(microseconds: options.idleTimeoutMicroseconds)

@@ -33,6 +33,8 @@ public enum RelayCloseReason: Equatable, Sendable, CustomStringConvertible {
     case clientError(Int32)
     case upstreamError(Int32)
     case idleTimeout
+    /// The engine closed it because its backend was marked down.
+    case backendDown
     /// The engine gave up before a relay was established (every backend failed, or the queue was full).
     case noUpstream
     /// The process is shutting down and the drain timeout passed.
@@ -44,6 +46,7 @@ public enum RelayCloseReason: Equatable, Sendable, CustomStringConvertible {
         case .clientError(let code): return "client error: \(errnoText(code))"
         case .upstreamError(let code): return "backend error: \(errnoText(code))"
         case .idleTimeout: return "idle timeout"
+        case .backendDown: return "backend marked down"
         case .noUpstream: return "no backend available"
         case .shutdown: return "shutdown"
         }
@@ -58,10 +61,37 @@ public protocol RelayDelegate: AnyObject {
     /// With `RelayOptions.measureLatency`: the time from forwarding client bytes to the first bytes of the
     /// backend's answer, once per turn (request, then response).
     func relayMeasured(_ relay: Relay, latency microseconds: Int64)
+    /// The backend sent its first byte on this connection.
+    func relayFirstByte(_ relay: Relay)
+    /// The backend closed, reset or timed out before sending any byte. Return true to replay: the relay
+    /// drops this upstream and keeps the client; the delegate then calls `connect` to another backend and
+    /// the kept client bytes are sent there first. Only possible while `canReplay` is true. Return false to
+    /// let the failure reach the client as it happened.
+    func relayUpstreamFailed(_ relay: Relay, _ failure: UpstreamFailure, canReplay: Bool) -> Bool
+    /// After `relayUpstreamFailed` returned true: the failed upstream is gone; call `connect` now.
+    func relayDetached(_ relay: Relay)
 }
 
 extension RelayDelegate {
     public func relayMeasured(_ relay: Relay, latency microseconds: Int64) {}
+    public func relayFirstByte(_ relay: Relay) {}
+    public func relayUpstreamFailed(_ relay: Relay, _ failure: UpstreamFailure, canReplay: Bool) -> Bool { false }
+    public func relayDetached(_ relay: Relay) {}
+}
+
+/// How a backend failed before answering.
+public enum UpstreamFailure: Equatable, Sendable, CustomStringConvertible {
+    case closed
+    case reset(Int32)
+    case firstByteTimeout
+
+    public var description: String {
+        switch self {
+        case .closed: return "closed before the first byte"
+        case .reset(let code): return "\(errnoText(code)) before the first byte"
+        case .firstByteTimeout: return "no first byte in time"
+        }
+    }
 }
 
 public struct RelayOptions: Sendable {
@@ -70,11 +100,18 @@ public struct RelayOptions: Sendable {
     public var idleTimeoutMicroseconds: Int64
     /// Report request-to-first-byte latency through `relayMeasured`.
     public var measureLatency: Bool
+    /// Keep up to this many client bytes until the backend's first byte, so they can be replayed; 0: off.
+    public var replayLimit: Int
+    /// Fail the backend if it sends nothing this long after the client's first bytes; 0: off.
+    public var firstByteTimeoutMicroseconds: Int64
 
-    public init(highWatermark: Int, idleTimeoutMicroseconds: Int64, measureLatency: Bool = false) {
+    public init(highWatermark: Int, idleTimeoutMicroseconds: Int64, measureLatency: Bool = false,
+                replayLimit: Int = 0, firstByteTimeoutMicroseconds: Int64 = 0) {
         self.highWatermark = highWatermark
         self.idleTimeoutMicroseconds = idleTimeoutMicroseconds
         self.measureLatency = measureLatency
+        self.replayLimit = replayLimit
+        self.firstByteTimeoutMicroseconds = firstByteTimeoutMicroseconds
     }
 }
 
@@ -98,11 +135,18 @@ public final class Relay {
     var state = State.idle
     /// `sides[0]` is the client, `sides[1]` the upstream.
     let sides: UnsafeMutablePointer<Side>
-    /// Storage for the relay's five libevent events (see `EventSlot`), allocated once.
+    /// Storage for the relay's libevent events (see `EventSlot`), allocated once.
     let events: UnsafeMutableRawPointer
     var lastActivity: Int64 = 0
     /// When client bytes were forwarded with no answer yet (latency measurement); 0 when not waiting.
     var awaitingSince: Int64 = 0
+    /// The current backend has sent at least one byte.
+    public internal(set) var firstByteSeen = false
+    /// Copy of the client's bytes kept for replay until the first backend byte; nil when not kept.
+    var replay: OpaquePointer?
+    /// Kept bytes exceeded the replay limit: this connection can no longer be replayed.
+    var replayOverflowed = false
+    var firstByteTimerArmed = false
     /// Set while a libevent callback for this relay runs, so that closing defers the final release.
     var inCallback = false
     var releasePending = false
@@ -138,8 +182,8 @@ public final class Relay {
         var queued: Int { queue.map { evbuffer_get_length($0) } ?? 0 }
     }
 
-    enum EventSlot: Int {
-        case clientRead, clientWrite, upstreamRead, upstreamWrite, idle
+    enum EventSlot: Int, CaseIterable {
+        case clientRead, clientWrite, upstreamRead, upstreamWrite, idle, firstByte
     }
 
     static let eventSize = event_get_struct_event_size()
@@ -165,8 +209,10 @@ public final class Relay {
         sides = .allocate(capacity: 2)
         sides.initialize(repeating: Side(), count: 2)
         sides[0].fd = clientFD
-        events = .allocate(byteCount: 5 * Self.eventSize, alignment: 16)
-        events.initializeMemory(as: UInt8.self, repeating: 0, count: 5 * Self.eventSize)
+        let eventBytes = EventSlot.allCases.count * Self.eventSize
+        events = .allocate(byteCount: eventBytes, alignment: 16)
+        events.initializeMemory(as: UInt8.self, repeating: 0, count: eventBytes)
+        if options.replayLimit > 0 { replay = evbuffer_new() }
         Self.setNoDelay(clientFD)
         _ = Unmanaged.passRetained(self)
         group.insert(self)
@@ -227,6 +273,25 @@ public final class Relay {
         state = .idle
     }
 
+    /// Whether the kept client bytes could be replayed to another backend now.
+    public var canReplay: Bool { replay != nil && !replayOverflowed && !firstByteSeen }
+
+    /// Drops an established upstream that failed before answering, keeping the client and its kept bytes,
+    /// so that `connect` can try another backend.
+    func detachUpstream() {
+        for slot in EventSlot.allCases { event_del(event(slot)) }
+        firstByteTimerArmed = false
+        Glibc.close(sides[1].fd)
+        if let queue = sides[1].queue { evbuffer_free(queue) }
+        sides[1] = Side()
+        // The client keeps its end-of-file, if it sent one; its own output queue is empty (nothing came back).
+        sides[0].paused = false
+        sides[0].writeArmed = false
+        sides[0].writeShut = false
+        awaitingSince = 0
+        state = .idle
+    }
+
     /// Frees every resource and tells the delegate. Returns false if the relay was already closed.
     @discardableResult
     func finish(_ reason: RelayCloseReason) -> Bool {
@@ -235,10 +300,10 @@ public final class Relay {
         if state == .connecting { event_del(event(.upstreamWrite)) }
         state = .closed
         if wasRelaying {
-            for slot in [EventSlot.clientRead, .clientWrite, .upstreamRead, .upstreamWrite, .idle] {
-                event_del(event(slot))
-            }
+            for slot in EventSlot.allCases { event_del(event(slot)) }
         }
+        if let replay { evbuffer_free(replay) }
+        replay = nil
         for i in 0..<2 {
             if sides[i].fd >= 0 { Glibc.close(sides[i].fd) }
             if let queue = sides[i].queue { evbuffer_free(queue) }
@@ -280,5 +345,17 @@ public final class RelayGroup {
     /// Closes every relay in the group.
     public func closeAll(_ reason: RelayCloseReason) {
         while let relay = head { relay.close(reason) }
+    }
+
+    /// Closes the relays whose delegate matches `predicate`.
+    public func close(_ reason: RelayCloseReason, where predicate: (any RelayDelegate) -> Bool) -> Int {
+        var matching: [Relay] = []
+        var cursor = head
+        while let relay = cursor {
+            if let delegate = relay.delegate, predicate(delegate) { matching.append(relay) }
+            cursor = relay.next
+        }
+        for relay in matching { relay.close(reason) }
+        return matching.count
     }
 }

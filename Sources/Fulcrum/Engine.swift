@@ -34,7 +34,7 @@ public final class Engine {
         var pipes: [(receive: Int32, send: WakeupSender)] = []
         for _ in 0..<workers { pipes.append(try WakeupReceiver.makePipe()) }
         let senders = pipes.map(\.send)
-        let pools = config.pools.map { PoolShared(backends: $0.backends.count) }
+        let pools = config.pools.map { PoolShared(pool: $0) }
         let seed = UInt64(truncatingIfNeeded: base.cachedMicroseconds) ^ UInt64(getpid())
         for id in 0..<workers {
             let plan = WorkerPlan(id: id, config: config, listenerFDs: sockets.map { $0[id] }, wakeupFD: pipes[id].receive,
@@ -46,6 +46,8 @@ public final class Engine {
             })
         }
 
+        let checker = HealthChecker(base: base, config: config, shared: pools.map(\.health), workers: senders,
+                                    seed: seed, logger: logger)
         var finished = 0
         var signals = 0
         let done = WakeupReceiver(base: base, receive: engineFD, send: engineSender) { _ in
@@ -62,15 +64,18 @@ public final class Engine {
             logger.info("\(name) received: stopping", metadata: [
                 "drain_timeout": "\(config.drainTimeout.configText)",
             ])
+            checker.stop()
             for sender in senders { sender.send(WorkerCommand.drain.rawValue) }
         }
         let watchers = [SIGTERM, SIGINT].map { SignalWatcher(base: base, signal: $0, handler: onSignal) }
+        checker.start()
         logger.info("fulcrum ready", metadata: [
             "workers": "\(workers)", "event_method": "\(base.method)", "file_limit": "\(fileLimit)",
         ])
         base.run()
         for thread in threads { thread.join() }
-        withExtendedLifetime((done, watchers)) {}
+        checker.stop()
+        withExtendedLifetime((done, watchers, checker)) {}
         logger.info("stopped: all connections drained")
         return 0
     }

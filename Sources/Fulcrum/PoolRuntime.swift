@@ -1,12 +1,16 @@
 import EventLoop
 import FulcrumCore
+import Logging
 
 /// State of one pool shared by every worker: connection counts for limits, and the clients waiting.
 final class PoolShared: @unchecked Sendable {
     let counters: SharedBackendCounters
+    /// Active-check results, when the pool has health checks.
+    let health: SharedHealth?
 
-    init(backends: Int) {
-        counters = SharedBackendCounters(capacity: max(1, backends))
+    init(pool: FulcrumConfig.Pool) {
+        counters = SharedBackendCounters(capacity: max(1, pool.backends.count))
+        health = pool.resilience.health.map { _ in SharedHealth(count: pool.backends.count, initial: .unknown) }
     }
 }
 
@@ -21,12 +25,14 @@ final class PoolRuntime {
     let connectTimeoutMicroseconds: Int64
     let maxAttempts: Int
     let hashKey: HashKey?
+    let health: PoolHealth
     /// Sessions waiting for a backend slot, oldest first.
     var waiting: WaitQueue<Session>
     /// Fires at the oldest waiting session's deadline.
     var queueTimer: Timer?
 
-    init(index: Int, config: FulcrumConfig.Pool, bufferSize: Int, shared: PoolShared, seed: UInt64, now: Int64) {
+    init(index: Int, config: FulcrumConfig.Pool, bufferSize: Int, shared: PoolShared, seed: UInt64, now: Int64,
+         logger: Logger) {
         self.index = index
         self.config = config
         endpoints = config.backends.map { Endpoint($0.address) }
@@ -43,9 +49,12 @@ final class PoolRuntime {
             return strategy.makeStrategy(table: table, random: FastRandom(seed: seedState))
         }
         relayOptions = RelayOptions(highWatermark: bufferSize, idleTimeoutMicroseconds: config.idleTimeout.microseconds,
-                                    measureLatency: strategy.measuresLatency)
+                                    measureLatency: strategy.measuresLatency,
+                                    replayLimit: config.resilience.replayMaxBytes ?? 0,
+                                    firstByteTimeoutMicroseconds: config.resilience.firstByteTimeout?.microseconds ?? 0)
+        health = PoolHealth(pool: config, shared: shared.health, seed: StableHash.mix(seed ^ 0xB4EA), logger: logger)
         connectTimeoutMicroseconds = config.connectTimeout.microseconds
-        maxAttempts = min(config.retries + 1, config.backends.count)
+        maxAttempts = config.retries + 1
         hashKey = strategy.hashKey
         waiting = WaitQueue(capacity: config.queue.size, timeout: config.queue.timeout.microseconds)
     }

@@ -3,8 +3,10 @@ import FulcrumCore
 import Logging
 
 /// Drives one client from accept to close: asks the pool's balancer for a backend, retries connect
-/// failures on backends not yet tried, waits in the pool's queue when every backend is at its limit,
-/// and gives the backend's slot back when the relay ends. Receives only per-connection events.
+/// failures on backends not yet tried (within the pool's retry budget), replays kept client bytes when a
+/// backend fails before answering, waits in the pool's queue when every backend is at its limit, feeds
+/// every outcome to the backend's breaker, and gives the backend's slot back when the relay ends.
+/// Receives only per-connection events.
 final class Session: RelayDelegate {
     unowned let worker: Worker
     let pool: PoolRuntime
@@ -13,9 +15,9 @@ final class Session: RelayDelegate {
     private var tried = TriedBackends()
     private var attempts = 0
     /// The backend whose slot this session holds, or -1.
-    private var holding = -1
+    private(set) var backend = -1
     private var connectStarted: Int64 = 0
-    private var lastError: ConnectError?
+    private var lastError: String?
     private(set) var isWaiting = false
 
     init(worker: Worker, pool: PoolRuntime, clientHash: UInt64) {
@@ -26,6 +28,7 @@ final class Session: RelayDelegate {
 
     func start(_ relay: Relay) {
         self.relay = relay
+        pool.health.retryBudget.recordRequest(now: worker.base.cachedMicroseconds)
         connectNext()
     }
 
@@ -34,33 +37,35 @@ final class Session: RelayDelegate {
     @discardableResult
     func connectNext() -> Bool {
         guard let relay else { return true }
-        while attempts < pool.maxAttempts {
+        while true {
+            guard attempts < pool.maxAttempts else { return giveUp("no backend available") }
             let now = worker.base.cachedMicroseconds
+            if attempts > 0 && !pool.health.retryBudget.tryRetry(now: now) {
+                return giveUp("retry budget exhausted, not retrying")
+            }
             switch pool.balancer.pick(tried: tried, context: PickContext(clientHash: clientHash, now: now)) {
             case .backend(let index):
                 leaveQueue()
                 attempts += 1
                 tried.insert(index)
-                holding = index
+                backend = index
                 connectStarted = now
+                pool.health.picked(index, now: now)
                 guard let error = relay.connect(to: pool.endpoints[index], timeoutMicroseconds: pool.connectTimeoutMicroseconds) else {
                     return true
                 }
-                releaseSlot()
-                noteFailure(error, backend: index)
+                connectFailed(error)
             case .full:
                 return waitInQueue()
             case .unavailable:
                 return giveUp("no backend available")
             }
         }
-        return giveUp("no backend available")
     }
 
     private func giveUp(_ why: String) -> Bool {
         worker.logger.error("\(why) for client, closing it", metadata: [
-            "pool": "\(pool.config.name)", "attempts": "\(attempts)",
-            "last_error": "\(lastError.map { "\($0)" } ?? "none")",
+            "pool": "\(pool.config.name)", "attempts": "\(attempts)", "last_error": "\(lastError ?? "none")",
         ])
         worker.stats.clientsRefused += 1
         relay?.close(.noUpstream)
@@ -95,42 +100,68 @@ final class Session: RelayDelegate {
         worker.dequeue(self)
     }
 
-    // MARK: - Relay events
+    // MARK: - Outcomes
 
     private func releaseSlot() {
-        guard holding >= 0 else { return }
-        pool.balancer.release(holding)
-        holding = -1
+        guard backend >= 0 else { return }
+        pool.balancer.release(backend)
+        backend = -1
         worker.slotFreed(pool)
     }
 
-    private func noteFailure(_ error: ConnectError, backend index: Int) {
-        lastError = error
+    /// A connect attempt failed: feed the breaker, log, give the slot back.
+    private func connectFailed(_ error: ConnectError) {
+        let index = backend
+        let outcome: CircuitBreaker.Outcome = error == .timedOut ? .connectTimeout : .connectRefused
+        pool.health.record(outcome, backend: index, now: worker.base.cachedMicroseconds)
+        note("connect to backend failed", String(describing: error), backend: index)
+        releaseSlot()
+    }
+
+    private func note(_ what: String, _ reason: String, backend index: Int) {
+        lastError = reason
         worker.stats.connectFailures += 1
         let more = attempts < pool.maxAttempts
-        worker.logger.warning("connect to backend failed\(more ? ", retrying on another backend" : "")", metadata: [
+        worker.logger.warning("\(what)\(more ? ", retrying on another backend" : "")", metadata: [
             "pool": "\(pool.config.name)", "backend": "\(pool.config.backends[index].address)",
-            "reason": "\(error)", "attempt": "\(attempts)/\(pool.maxAttempts)",
+            "reason": "\(reason)", "attempt": "\(attempts)/\(pool.maxAttempts)",
         ])
     }
 
     func relayConnected(_ relay: Relay) {
-        if pool.relayOptions.measureLatency, holding >= 0 {
+        if pool.relayOptions.measureLatency, backend >= 0 {
             let now = worker.base.cachedMicroseconds
-            pool.balancer.observe(latency: now - connectStarted, backend: holding, now: now)
+            pool.balancer.observe(latency: now - connectStarted, backend: backend, now: now)
         }
     }
 
     func relayConnectFailed(_ relay: Relay, error: ConnectError) {
-        let backend = holding
+        connectFailed(error)
+        connectNext()
+    }
+
+    func relayFirstByte(_ relay: Relay) {
+        if backend >= 0 { pool.health.record(.success, backend: backend, now: worker.base.cachedMicroseconds) }
+    }
+
+    func relayUpstreamFailed(_ relay: Relay, _ failure: UpstreamFailure, canReplay: Bool) -> Bool {
+        guard backend >= 0 else { return false }
+        let outcome: CircuitBreaker.Outcome = failure == .firstByteTimeout ? .firstByteTimeout : .resetBeforeFirstByte
+        pool.health.record(outcome, backend: backend, now: worker.base.cachedMicroseconds)
+        guard canReplay else { return false }
+        note("backend failed before answering, replaying the request", failure.description, backend: backend)
+        worker.stats.replays += 1
+        return true
+    }
+
+    func relayDetached(_ relay: Relay) {
         releaseSlot()
-        noteFailure(error, backend: backend)
         connectNext()
     }
 
     func relayMeasured(_ relay: Relay, latency: Int64) {
-        if holding >= 0 {
-            pool.balancer.observe(latency: latency, backend: holding, now: worker.base.cachedMicroseconds)
+        if backend >= 0 {
+            pool.balancer.observe(latency: latency, backend: backend, now: worker.base.cachedMicroseconds)
         }
     }
 

@@ -8,6 +8,8 @@ enum WorkerCommand: UInt8 {
     case drain = 0x64 // "d"
     /// A backend slot was freed in another worker: serve the pools' queues.
     case serveQueues = 0x71 // "q"
+    /// The health checker has new results: read them.
+    case health = 0x68 // "h"
 }
 
 /// Counters of one worker, written only by its thread and summed by the engine when the worker ends.
@@ -17,6 +19,7 @@ struct WorkerStats {
     var clientsRefused = 0
     var bytesFromClients = 0
     var bytesToClients = 0
+    var replays = 0
 }
 
 /// What a worker thread needs from the engine: plain values, descriptors and shared pool counters.
@@ -50,6 +53,7 @@ final class Worker {
     private var wakeup: WakeupReceiver?
     private var drainTimer: Timer?
     private var slowStartTimer: Timer?
+    private var breakerTimer: Timer?
     private var draining = false
     private var servingQueues = false
 
@@ -62,7 +66,7 @@ final class Worker {
         let now = base.cachedMicroseconds
         pools = config.pools.enumerated().map { index, pool in
             PoolRuntime(index: index, config: pool, bufferSize: config.bufferSize, shared: plan.pools[index],
-                        seed: plan.seed &+ UInt64(index) &* 0x1000_0001 &+ UInt64(plan.id), now: now)
+                        seed: plan.seed &+ UInt64(index) &* 0x1000_0001 &+ UInt64(plan.id), now: now, logger: logger)
         }
         for (index, listener) in config.listeners.enumerated() {
             let pool = pools.first { $0.config.name == listener.pool }!
@@ -76,10 +80,18 @@ final class Worker {
             switch WorkerCommand(rawValue: byte) {
             case .drain: self.drain()
             case .serveQueues: for pool in self.pools { self.serveQueue(pool) }
+            case .health: self.refreshHealth()
             case nil: break
             }
         }
         slowStartTimer = Timer(base: base) { [unowned self] in self.advanceSlowStart() }
+        breakerTimer = Timer(base: base) { [unowned self] in self.breakerDeadlinePassed() }
+        for pool in pools {
+            pool.health.onRecompute = { [unowned self, unowned pool] backend, eligible in
+                self.eligibilityChanged(pool, backend: backend, eligible: eligible)
+            }
+            pool.health.recompute(now: now)
+        }
     }
 
     /// Runs the loop until the worker has drained; then frees every handle before the base.
@@ -90,6 +102,8 @@ final class Worker {
         listeners.removeAll()
         drainTimer = nil
         slowStartTimer = nil
+        breakerTimer = nil
+        for pool in pools { pool.health.onRecompute = nil }
         wakeup = nil
         plan.engineSender.send(UInt8(id))
     }
@@ -164,6 +178,52 @@ final class Worker {
             // Served or closed: either way it has left the queue.
             if pool.waiting.first === session { dequeue(session) }
         }
+    }
+
+    // MARK: - Health
+
+    /// Reads the health checker's results for every pool; closes connections of backends that went down
+    /// when the pool asks for it.
+    private func refreshHealth() {
+        let now = base.cachedMicroseconds
+        for pool in pools {
+            let wentDown = pool.health.refreshActive(now: now)
+            guard !wentDown.isEmpty, pool.config.resilience.onBackendDown == .close else { continue }
+            for backend in wentDown {
+                let closed = relays.close(.backendDown) { delegate in
+                    guard let session = delegate as? Session else { return false }
+                    return session.pool === pool && session.backend == backend
+                }
+                if closed > 0 {
+                    logger.warning("closed connections of a backend marked down", metadata: [
+                        "pool": "\(pool.config.name)", "backend": "\(pool.config.backends[backend].address)", "closed": "\(closed)",
+                    ])
+                }
+            }
+        }
+        armBreakerTimer()
+    }
+
+    /// Eligibility of a backend changed: tell the balancer, start slow start, re-serve the queue.
+    private func eligibilityChanged(_ pool: PoolRuntime, backend: Int, eligible: Bool) {
+        let now = base.cachedMicroseconds
+        pool.balancer.setEligible(backend, eligible, now: now)
+        if pool.balancer.ramping { slowStartBegan() }
+        armBreakerTimer()
+        if eligible && !pool.waiting.isEmpty { serveQueue(pool) }
+    }
+
+    /// Wakes the worker when the earliest open breaker's ejection ends, to let a trial through.
+    func armBreakerTimer() {
+        let deadlines = pools.compactMap { $0.health.nextBreakerDeadline() }
+        guard let next = deadlines.min() else { return }
+        breakerTimer?.schedule(after: max(1_000, next - base.cachedMicroseconds))
+    }
+
+    private func breakerDeadlinePassed() {
+        let now = base.cachedMicroseconds
+        for pool in pools { pool.health.recompute(now: now) }
+        armBreakerTimer()
     }
 
     // MARK: - Slow start

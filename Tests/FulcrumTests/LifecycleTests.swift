@@ -3,115 +3,119 @@ import FulcrumTestSupport
 import Glibc
 import Testing
 
-@Suite(.serialized, .timeLimit(.minutes(1)))
-struct LifecycleTests {
-    @Test func sigtermStopsAcceptingDrainsOpenConnectionsAndExitsZero() throws {
-        let backend = try TestBackend(.echo)
-        let proxy = try FulcrumProcess(config: proxyConfig(backends: [(backend.port, 1)]))
-        let port = proxy.port("front")
-        let open = try TestSocket.connect(port: port)
-        try open.send("before\n")
-        #expect(try open.receiveLine() == "before")
+extension Integration {
+    @Suite(.serialized, .timeLimit(.minutes(1)))
+    struct LifecycleTests {
+        @Test func sigtermStopsAcceptingDrainsOpenConnectionsAndExitsZero() throws {
+            let backend = try TestBackend(.echo)
+            let proxy = try FulcrumProcess(config: proxyConfig(backends: [(backend.port, 1)]))
+            let port = proxy.port("front")
+            let open = try TestSocket.connect(port: port)
+            try open.send("before\n")
+            #expect(try open.receiveLine() == "before")
 
-        proxy.signal(SIGTERM)
-        // Both workers have closed their listening sockets once each has said so.
-        try proxy.waitForLog(containing: "listeners closed", count: 2)
-        #expect(throws: (any Error).self, "the listener must be closed during the drain") {
-            _ = try TestSocket.connect(port: port)
+            proxy.signal(SIGTERM)
+            // Both workers have closed their listening sockets once each has said so.
+            try proxy.waitForLog(containing: "listeners closed", count: 2)
+            #expect(throws: (any Error).self, "the listener must be closed during the drain") {
+                _ = try TestSocket.connect(port: port)
+            }
+            // The open connection still works while draining.
+            try open.send("during\n")
+            #expect(try open.receiveLine() == "during")
+            #expect(proxy.process.isRunning)
+            open.close()
+            #expect(try proxy.waitForExit() == 0)
+            #expect(proxy.logCount(containing: "stopped: all connections drained") == 1)
         }
-        // The open connection still works while draining.
-        try open.send("during\n")
-        #expect(try open.receiveLine() == "during")
-        #expect(proxy.process.isRunning)
-        open.close()
-        #expect(try proxy.waitForExit() == 0)
-        #expect(proxy.logCount(containing: "stopped: all connections drained") == 1)
-    }
 
-    @Test func drainTimeoutClosesWhatRemainsAndExitsZero() throws {
-        let backend = try TestBackend(.echo)
-        let proxy = try FulcrumProcess(config: proxyConfig(backends: [(backend.port, 1)], workers: 1,
-                                                           top: "drain_timeout: 300ms"))
-        let open = try TestSocket.connect(port: proxy.port("front"))
-        try open.send("x\n")
-        #expect(try open.receiveLine() == "x")
-        let started = Date()
-        proxy.signal(SIGTERM)
-        #expect(try proxy.waitForExit() == 0)
-        let took = Date().timeIntervalSince(started)
-        #expect(took >= 0.25 && took < 3, "exited after \(took)s")
-        #expect(try open.receiveAll().isEmpty)
-        #expect(proxy.logCount(containing: "drain timeout reached") == 1)
-    }
+        @Test func drainTimeoutClosesWhatRemainsAndExitsZero() throws {
+            let backend = try TestBackend(.echo)
+            let proxy = try FulcrumProcess(config: proxyConfig(backends: [(backend.port, 1)], workers: 1,
+                                                               top: "drain_timeout: 300ms"))
+            let open = try TestSocket.connect(port: proxy.port("front"))
+            try open.send("x\n")
+            #expect(try open.receiveLine() == "x")
+            let started = Date()
+            proxy.signal(SIGTERM)
+            #expect(try proxy.waitForExit() == 0)
+            let took = Date().timeIntervalSince(started)
+            #expect(took >= 0.25 && took < 3, "exited after \(took)s")
+            #expect(try open.receiveAll().isEmpty)
+            #expect(proxy.logCount(containing: "drain timeout reached") == 1)
+        }
 
-    @Test func secondSignalExitsAtOnce() throws {
-        let backend = try TestBackend(.echo)
-        let proxy = try FulcrumProcess(config: proxyConfig(backends: [(backend.port, 1)], workers: 1,
-                                                           top: "drain_timeout: 1m"))
-        let open = try TestSocket.connect(port: proxy.port("front"))
-        try open.send("x\n")
-        #expect(try open.receiveLine() == "x")
-        proxy.signal(SIGINT)
-        try proxy.waitForLog(containing: "SIGINT received")
-        proxy.signal(SIGINT)
-        #expect(try proxy.waitForExit(timeout: 5) == 1)
-        #expect(proxy.logCount(containing: "second SIGINT") == 1)
-    }
+        @Test func secondSignalExitsAtOnce() throws {
+            let backend = try TestBackend(.echo)
+            let proxy = try FulcrumProcess(config: proxyConfig(backends: [(backend.port, 1)], workers: 1,
+                                                               top: "drain_timeout: 1m"))
+            let open = try TestSocket.connect(port: proxy.port("front"))
+            try open.send("x\n")
+            #expect(try open.receiveLine() == "x")
+            proxy.signal(SIGINT)
+            try proxy.waitForLog(containing: "SIGINT received")
+            proxy.signal(SIGINT)
+            #expect(try proxy.waitForExit(timeout: 5) == 1)
+            #expect(proxy.logCount(containing: "second SIGINT") == 1)
+        }
 
-    @Test func startupFailsClearlyWhenTheAddressIsTaken() throws {
-        let backend = try TestBackend(.echo)
-        let dir = try TemporaryDirectory()
-        let path = try dir.write("taken.yaml", proxyConfig(backends: [(backend.port, 1)]).replacingOccurrences(
-            of: "127.0.0.1:0", with: "127.0.0.1:\(backend.port)"))
-        let (status, output) = try runFulcrum(["run", "--config", path])
-        #expect(status == 1)
-        #expect(output.contains("bind 127.0.0.1:\(backend.port): Address already in use"))
+        @Test func startupFailsClearlyWhenTheAddressIsTaken() throws {
+            let backend = try TestBackend(.echo)
+            let dir = try TemporaryDirectory()
+            let path = try dir.write("taken.yaml", proxyConfig(backends: [(backend.port, 1)]).replacingOccurrences(
+                of: "127.0.0.1:0", with: "127.0.0.1:\(backend.port)"))
+            let (status, output) = try runFulcrum(["run", "--config", path])
+            #expect(status == 1)
+            #expect(output.contains("bind 127.0.0.1:\(backend.port): Address already in use"))
+        }
     }
 }
 
-@Suite struct CheckCommandTests {
-    @Test func checkAcceptsTheQuickstartAndPrintsThePlan() throws {
-        let quickstart = fulcrumExecutable().deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("examples/quickstart.yaml").path
-        let (status, output) = try runFulcrum(["check", "--config", quickstart])
-        #expect(status == 0, "\(output)")
-        #expect(output.contains("is valid"))
-        #expect(output.contains("listener redis: 127.0.0.1:7000 -> pool redis"))
-        #expect(output.contains("127.0.0.1:6391  weight 2  (67% of connections)"))
-        #expect(output.contains("connect_timeout 1s, idle_timeout 10m, retries 2"))
-    }
+extension Integration {
+    @Suite struct CheckCommandTests {
+        @Test func checkAcceptsTheQuickstartAndPrintsThePlan() throws {
+            let quickstart = fulcrumExecutable().deletingLastPathComponent().deletingLastPathComponent()
+                .deletingLastPathComponent().appendingPathComponent("examples/quickstart.yaml").path
+            let (status, output) = try runFulcrum(["check", "--config", quickstart])
+            #expect(status == 0, "\(output)")
+            #expect(output.contains("is valid"))
+            #expect(output.contains("listener redis: 127.0.0.1:7000 -> pool redis"))
+            #expect(output.contains("127.0.0.1:6391  weight 2  (67% of connections)"))
+            #expect(output.contains("connect_timeout 1s, idle_timeout 10m, retries 2"))
+        }
 
-    @Test func checkRejectsABadFileWithEveryErrorAndExitsOne() throws {
-        let dir = try TemporaryDirectory()
-        let path = try dir.write("bad.yaml", """
-        listeners:
-          - name: a
-            listen: 127.0.0.1:7000
-            pool: missing
-        pools:
-          app:
-            backends: []
-            retries: lots
-        """)
-        let (status, output) = try runFulcrum(["check", "--config", path])
-        #expect(status == 1)
-        #expect(output.contains("3 configuration errors"))
-        #expect(output.contains("bad.yaml:4: listeners[0].pool: pool 'missing' is not defined"))
-        #expect(output.contains("bad.yaml:7: pools.app.backends: the pool has zero backends"))
-        #expect(output.contains("bad.yaml:8: pools.app.retries: 'lots' is not an integer"))
-    }
+        @Test func checkRejectsABadFileWithEveryErrorAndExitsOne() throws {
+            let dir = try TemporaryDirectory()
+            let path = try dir.write("bad.yaml", """
+            listeners:
+              - name: a
+                listen: 127.0.0.1:7000
+                pool: missing
+            pools:
+              app:
+                backends: []
+                retries: lots
+            """)
+            let (status, output) = try runFulcrum(["check", "--config", path])
+            #expect(status == 1)
+            #expect(output.contains("3 configuration errors"))
+            #expect(output.contains("bad.yaml:4: listeners[0].pool: pool 'missing' is not defined"))
+            #expect(output.contains("bad.yaml:7: pools.app.backends: the pool has zero backends"))
+            #expect(output.contains("bad.yaml:8: pools.app.retries: 'lots' is not an integer"))
+        }
 
-    @Test func checkReportsAMissingFile() throws {
-        let (status, output) = try runFulcrum(["check", "--config", "/nonexistent/fulcrum.yaml"])
-        #expect(status == 1)
-        #expect(output.contains("/nonexistent/fulcrum.yaml: cannot read the configuration file: No such file or directory"))
-    }
+        @Test func checkReportsAMissingFile() throws {
+            let (status, output) = try runFulcrum(["check", "--config", "/nonexistent/fulcrum.yaml"])
+            #expect(status == 1)
+            #expect(output.contains("/nonexistent/fulcrum.yaml: cannot read the configuration file: No such file or directory"))
+        }
 
-    @Test func versionAndHelp() throws {
-        let version = try runFulcrum(["--version"])
-        #expect(version.status == 0)
-        #expect(version.output.trimmingCharacters(in: .whitespacesAndNewlines) == "0.1.0")
-        let help = try runFulcrum(["--help"])
-        #expect(help.output.contains("check") && help.output.contains("run"))
+        @Test func versionAndHelp() throws {
+            let version = try runFulcrum(["--version"])
+            #expect(version.status == 0)
+            #expect(version.output.trimmingCharacters(in: .whitespacesAndNewlines) == "0.1.0")
+            let help = try runFulcrum(["--help"])
+            #expect(help.output.contains("check") && help.output.contains("run"))
+        }
     }
 }

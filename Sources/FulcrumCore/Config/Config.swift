@@ -57,6 +57,8 @@ public struct FulcrumConfig: Equatable, Sendable {
         public var slowStart: Duration
         /// Where clients wait when every eligible backend is at its `max_connections`.
         public var queue: Queue
+        /// Health checks, circuit breaker, retry budget and replay.
+        public var resilience: Resilience
 
         public static let defaultConnectTimeout: Duration = .seconds(1)
         public static let defaultIdleTimeout: Duration = .seconds(600)
@@ -65,7 +67,7 @@ public struct FulcrumConfig: Equatable, Sendable {
         public init(name: String, backends: [Backend], balance: BalanceStrategy = .roundRobin,
                     connectTimeout: Duration = Self.defaultConnectTimeout,
                     idleTimeout: Duration = Self.defaultIdleTimeout, retries: Int = Self.defaultRetries,
-                    slowStart: Duration = .zero, queue: Queue = Queue()) {
+                    slowStart: Duration = .zero, queue: Queue = Queue(), resilience: Resilience = Resilience()) {
             self.name = name
             self.backends = backends
             self.balance = balance
@@ -74,6 +76,7 @@ public struct FulcrumConfig: Equatable, Sendable {
             self.retries = retries
             self.slowStart = slowStart
             self.queue = queue
+            self.resilience = resilience
         }
     }
 
@@ -99,14 +102,18 @@ public struct FulcrumConfig: Equatable, Sendable {
         public var priority: Int
         /// Connections across all workers above which the backend is not picked; nil for no limit.
         public var maxConnections: Int?
+        /// Set by the operator: enabled, drain or disabled.
+        public var state: OperatorState
 
         public static let maxWeight = 1000
 
-        public init(address: SocketAddress, weight: Int = 1, priority: Int = 0, maxConnections: Int? = nil) {
+        public init(address: SocketAddress, weight: Int = 1, priority: Int = 0, maxConnections: Int? = nil,
+                    state: OperatorState = .enabled) {
             self.address = address
             self.weight = weight
             self.priority = priority
             self.maxConnections = maxConnections
+            self.state = state
         }
     }
 }

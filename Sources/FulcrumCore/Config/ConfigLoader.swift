@@ -6,7 +6,8 @@ public enum ConfigLoader {
     static let topKeys = ["workers", "drain_timeout", "buffer_size", "listeners", "pools"]
     static let listenerKeys = ["name", "listen", "pool", "backlog"]
     static let poolKeys = ["backends", "balance", "connect_timeout", "idle_timeout", "retries", "slow_start", "queue"]
-    static let backendKeys = ["address", "weight", "backup", "priority", "max_connections"]
+        + resilienceKeys
+    static let backendKeys = ["address", "weight", "backup", "priority", "max_connections", "state"]
     static let queueKeys = ["size", "timeout"]
 
     public static func load(text: String, file: String) throws(ConfigError) -> FulcrumConfig {
@@ -175,8 +176,10 @@ public enum ConfigLoader {
             r.report(f["balance"], f.path("balance"), "strategy 'first' needs max_connections on the backends",
                      hint: "without a limit every connection goes to the first backend; set max_connections on each")
         }
+        let resilience = buildResilience(f, &r)
         return FulcrumConfig.Pool(name: name, backends: backends, balance: balance, connectTimeout: connectTimeout,
-                                  idleTimeout: idleTimeout, retries: retries, slowStart: slowStart, queue: queue)
+                                  idleTimeout: idleTimeout, retries: retries, slowStart: slowStart, queue: queue,
+                                  resilience: resilience)
     }
 
     private static func buildBackends(_ node: Node, _ path: String, _ r: inout YAMLReader) -> [FulcrumConfig.Backend] {
@@ -213,6 +216,14 @@ public enum ConfigLoader {
                 }
                 priority = max(priority, 1)
             }
+            var state = OperatorState.enabled
+            if let node = f["state"], let text = r.scalar(node, f.path("state"), expecting: "enabled, drain or disabled") {
+                if let value = OperatorState(rawValue: text) {
+                    state = value
+                } else {
+                    r.report(node, f.path("state"), "'\(text)' is not a backend state", hint: "use enabled, drain or disabled")
+                }
+            }
             if let address {
                 if let line = seen[address] {
                     r.report(f["address"], f.path("address"), "backend \(address) is already listed on line \(line)",
@@ -220,7 +231,7 @@ public enum ConfigLoader {
                 } else {
                     seen[address] = f["address"]?.mark?.line ?? 0
                     backends.append(.init(address: address, weight: weight, priority: priority,
-                                          maxConnections: maxConnections))
+                                          maxConnections: maxConnections, state: state))
                 }
             }
         }

@@ -112,6 +112,11 @@ extension Duration {
         if nanos % 60_000_000_000 == 0 { return "\(nanos / 60_000_000_000)m" }
         if nanos % 1_000_000_000 == 0 { return "\(nanos / 1_000_000_000)s" }
         if nanos % 1_000_000 == 0 { return "\(nanos / 1_000_000)ms" }
+        if nanos >= 1_000_000_000 {
+            // Not a whole number of seconds (a jittered ejection time, say): tenths are enough.
+            return "\(nanos / 1_000_000_000).\(nanos / 100_000_000 % 10)s"
+        }
+        if nanos >= 1_000_000 { return "\(nanos / 1_000_000)ms" }
         if nanos % 1_000 == 0 { return "\(nanos / 1_000)us" }
         return "\(nanos)ns"
     }

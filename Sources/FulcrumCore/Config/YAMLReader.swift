@@ -87,6 +87,26 @@ struct YAMLReader {
         return value
     }
 
+    /// `20%` or `20` (percent), 0 to 100.
+    mutating func percent(_ node: Node, _ path: String) -> Double? {
+        guard let text = scalar(node, path, expecting: "a percentage such as 20%") else { return nil }
+        let number = text.hasSuffix("%") ? String(text.dropLast()) : text
+        guard let value = Double(number.trimmingSpaces), (0...100).contains(value) else {
+            report(node, path, "'\(text)' is not a percentage", hint: "use a value from 0% to 100%, e.g. 20%")
+            return nil
+        }
+        return value
+    }
+
+    mutating func positiveDuration(_ node: Node, _ path: String) -> Duration? {
+        guard let value = duration(node, path) else { return nil }
+        guard value > .zero else {
+            report(node, path, "must be greater than zero", hint: "use e.g. 1s")
+            return nil
+        }
+        return value
+    }
+
     mutating func boolean(_ node: Node, _ path: String) -> Bool? {
         guard let text = scalar(node, path, expecting: "true or false") else { return nil }
         switch text.lowercased() {
