@@ -1,0 +1,126 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A backend in its own process (Tests/Support/backend.py), so that tests can kill -9 it, SIGSTOP it and
+/// start it again on the same port.
+public final class BackendProcess: @unchecked Sendable {
+    public let name: String
+    public private(set) var port: UInt16 = 0
+    public let mode: String
+    private var process: Process?
+
+    public init(_ name: String, mode: String = "named", port: UInt16 = 0, file: StaticString = #filePath) throws {
+        self.name = name
+        self.mode = mode
+        try start(port: port, file: file)
+    }
+
+    deinit {
+        if let process, process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+
+    /// Starts the process (again) and waits until it listens; on its old port if it had one.
+    public func start(port requested: UInt16? = nil, file: StaticString = #filePath) throws {
+        let root = URL(fileURLWithPath: "\(file)").deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", root.appendingPathComponent("Tests/Support/backend.py").path, name,
+                             String(requested ?? port), mode]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        self.process = process
+        var line = Data()
+        while !line.contains(10) {
+            let chunk = pipe.fileHandleForReading.availableData
+            if chunk.isEmpty { throw TestSocketError("backend \(name) exited before listening", errno: 0) }
+            line.append(chunk)
+        }
+        let text = String(decoding: line, as: UTF8.self)
+        guard let value = text.split(separator: " ").last.flatMap({ UInt16($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) else {
+            throw TestSocketError("backend \(name) said: \(text)", errno: 0)
+        }
+        port = value
+    }
+
+    public func signal(_ number: Int32) {
+        guard let process else { return }
+        kill(process.processIdentifier, number)
+    }
+
+    /// kill -9, and wait until it is gone.
+    public func kill9() {
+        guard let process else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+}
+
+/// Steady client load through the proxy: one request after another, each on a new connection, until
+/// stopped or `limit` requests are done. Records every outcome with its time.
+public final class LoadClient: @unchecked Sendable {
+    public struct Outcome: Sendable {
+        public let at: Date
+        public let backend: String?
+        public let error: String?
+    }
+
+    private let port: UInt16
+    private let lock = NSCondition()
+    private var outcomes: [Outcome] = []
+    private var stopped = false
+    private let done = DispatchSemaphore(value: 0)
+
+    public init(port: UInt16, limit: Int = 20_000, timeout: Double = 2) {
+        self.port = port
+        Thread.detachNewThread { [self] in
+            for i in 0..<limit {
+                if lock.withLock({ stopped }) { break }
+                let outcome: Outcome
+                do {
+                    let socket = try TestSocket.connect(port: port, timeout: timeout)
+                    try socket.send("req \(i)\n")
+                    let line = try socket.receiveLine()
+                    let name = line.split(separator: ":").first.map(String.init)
+                    outcome = line.hasSuffix("req \(i)") ? Outcome(at: Date(), backend: name, error: nil)
+                        : Outcome(at: Date(), backend: name, error: "wrong answer: \(line)")
+                } catch {
+                    outcome = Outcome(at: Date(), backend: nil, error: "\(error)")
+                }
+                lock.withLock {
+                    outcomes.append(outcome)
+                    lock.broadcast()
+                }
+            }
+            done.signal()
+        }
+    }
+
+    public var all: [Outcome] { lock.withLock { outcomes } }
+
+    /// Stops after the request in progress and returns every outcome.
+    public func stop() -> [Outcome] {
+        lock.withLock { stopped = true }
+        done.wait()
+        return all
+    }
+
+    /// Waits (at most `timeout` seconds) until `backend` has answered `count` more requests.
+    public func waitForAnswers(from backend: String, count: Int = 5, timeout: Double = 10) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        lock.lock()
+        defer { lock.unlock() }
+        let start = outcomes.filter { $0.backend == backend }.count
+        while outcomes.filter({ $0.backend == backend }).count < start + count {
+            if !lock.wait(until: deadline) {
+                throw TestSocketError("\(backend) answered no \(count) requests within \(timeout)s", errno: 0)
+            }
+        }
+    }
+}
