@@ -19,6 +19,8 @@ final class Session: RelayDelegate {
     private var connectStarted: Int64 = 0
     private var lastError: String?
     private(set) var isWaiting = false
+    /// A retry already granted by the budget (for a replay) and not yet used.
+    private var retryGranted = false
 
     init(worker: Worker, pool: PoolRuntime, clientHash: UInt64) {
         self.worker = worker
@@ -40,9 +42,10 @@ final class Session: RelayDelegate {
         while true {
             guard attempts < pool.maxAttempts else { return giveUp("no backend available") }
             let now = worker.base.cachedMicroseconds
-            if attempts > 0 && !pool.health.retryBudget.tryRetry(now: now) {
+            if attempts > 0 && !retryGranted && !pool.health.retryBudget.tryRetry(now: now) {
                 return giveUp("retry budget exhausted, not retrying")
             }
+            retryGranted = false
             switch pool.balancer.pick(tried: tried, context: PickContext(clientHash: clientHash, now: now)) {
             case .backend(let index):
                 leaveQueue()
@@ -118,10 +121,10 @@ final class Session: RelayDelegate {
         releaseSlot()
     }
 
-    private func note(_ what: String, _ reason: String, backend index: Int) {
+    private func note(_ what: String, _ reason: String, backend index: Int, retrying: Bool? = nil) {
         lastError = reason
         worker.stats.connectFailures += 1
-        let more = attempts < pool.maxAttempts
+        let more = retrying ?? (attempts < pool.maxAttempts)
         worker.logger.warning("\(what)\(more ? ", retrying on another backend" : "")", metadata: [
             "pool": "\(pool.config.name)", "backend": "\(pool.config.backends[index].address)",
             "reason": "\(reason)", "attempt": "\(attempts)/\(pool.maxAttempts)",
@@ -149,7 +152,14 @@ final class Session: RelayDelegate {
         let outcome: CircuitBreaker.Outcome = failure == .firstByteTimeout ? .firstByteTimeout : .resetBeforeFirstByte
         pool.health.record(outcome, backend: backend, now: worker.base.cachedMicroseconds)
         guard canReplay else { return false }
-        note("backend failed before answering, replaying the request", failure.description, backend: backend)
+        guard attempts < pool.maxAttempts else { return false }
+        guard pool.health.retryBudget.tryRetry(now: worker.base.cachedMicroseconds) else {
+            note("backend failed before answering; retry budget exhausted, not replaying", failure.description,
+                 backend: backend, retrying: false)
+            return false
+        }
+        retryGranted = true
+        note("backend failed before answering, replaying the request", failure.description, backend: backend, retrying: false)
         worker.stats.replays += 1
         return true
     }

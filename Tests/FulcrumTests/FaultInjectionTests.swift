@@ -198,5 +198,30 @@ extension Integration {
             let without = try run(replay: false)
             #expect(without.failures >= 450, "without replay the same test fails \(without.failures) of 1000")
         }
+
+        @Test func retryBudgetStopsARetryStorm() throws {
+            // Every backend takes the request and dies: without a budget each client would cost three tries.
+            let dying = try (0..<3).map { try BackendProcess("d\($0)", mode: "reset") }
+            let proxy = try FulcrumProcess(config: """
+            workers: 1
+            listeners: [{name: front, listen: 127.0.0.1:0, pool: app}]
+            pools:
+              app:
+                backends: [\(dying.map { "127.0.0.1:\($0.port)" }.joined(separator: ", "))]
+                breaker: off
+                replay: {max_bytes: 64KiB}
+                retries: 2
+                retry_budget: {ratio: 20%, min_per_second: 1}
+            """)
+            for i in 0..<200 {
+                let socket = try TestSocket.connect(port: proxy.port("front"), timeout: 5)
+                try socket.send("req \(i)\n")
+                _ = try? socket.receiveAll()
+            }
+            let retries = proxy.logCount(containing: "replaying the request")
+            // 20% of 200 clients plus 1/s over the 10 s window: at most 50 retries instead of 400.
+            #expect(retries <= 50, "\(retries) retries for 200 clients")
+            try proxy.waitForLog(containing: "retry budget exhausted, not replaying")
+        }
     }
 }
