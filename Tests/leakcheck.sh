@@ -7,16 +7,27 @@ cd "$(dirname "$0")/.."
 .ci/ensure-packages valgrind binutils python3 libevent-dev pkg-config
 OUT=.build/leakcheck
 mkdir -p "$OUT"
-rm -f "$OUT/echo.port"
+rm -f "$OUT/echo.port" "$OUT/reset.port"
 swift build --product fulcrum >/dev/null
 # valgrind 3.19 cannot read the DWARF 5 that Swift emits; symbols stay, line tables go.
 objcopy --strip-debug .build/debug/fulcrum "$OUT/fulcrum"
 
 python3 - "$OUT" <<'PY' &
-import socket, sys, threading
+import socket, struct, sys, threading
 srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind(("127.0.0.1", 0)); srv.listen(128)
+rst = socket.socket(); rst.bind(("127.0.0.1", 0)); rst.listen(128)
+open(sys.argv[1] + "/reset.port", "w").write(str(rst.getsockname()[1]))
 open(sys.argv[1] + "/echo.port", "w").write(str(srv.getsockname()[1]))
+def reset_forever():                      # takes the request, then resets: exercises replay
+    while True:
+        c, _ = rst.accept()
+        try:
+            c.recv(100)
+        except OSError:
+            pass
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.close()
+threading.Thread(target=reset_forever, daemon=True).start()
 def serve(c):
     try:
         while (d := c.recv(65536)):
@@ -32,16 +43,27 @@ ECHO_PID=$!
 trap 'kill $ECHO_PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do [ -s "$OUT/echo.port" ] && break; sleep 0.05; done
 ECHO_PORT=$(cat "$OUT/echo.port")
+RESET_PORT=$(cat "$OUT/reset.port")
 REFUSED_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 
 cat >"$OUT/fulcrum.yaml" <<YAML
 workers: 2
 listeners:
   - {name: front, listen: 127.0.0.1:0, pool: app}
+  - {name: resilient, listen: 127.0.0.1:0, pool: resilient}
 pools:
   app:
     backends: [127.0.0.1:$REFUSED_PORT, 127.0.0.1:$ECHO_PORT]
     idle_timeout: 500ms
+  resilient:
+    balance: least_connections
+    backends: [127.0.0.1:$RESET_PORT, 127.0.0.1:$ECHO_PORT, 127.0.0.1:$REFUSED_PORT]
+    health: {check: tcp, interval: 100ms, assume_healthy: true}
+    breaker: {consecutive_failures: 2, base_ejection: 200ms}
+    replay: {max_bytes: 64KiB}
+    first_byte_timeout: 1s
+    hedge_after: 20ms
+    retry_budget: {ratio: 100%}
 YAML
 valgrind --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
   --error-exitcode=99 --suppressions=Tests/valgrind-swift.supp --log-file="$OUT/valgrind.log" \
@@ -49,10 +71,19 @@ valgrind --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak
 FULCRUM_PID=$!
 for _ in $(seq 1 600); do grep -q "fulcrum ready" "$OUT/fulcrum.log" && break; sleep 0.1; done
 PORT=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$OUT/fulcrum.log" | head -1 | cut -d: -f2)
+RESILIENT=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$OUT/fulcrum.log" | sed -n 2p | cut -d: -f2)
 
-python3 - "$PORT" <<'PY'
+python3 - "$PORT" "$RESILIENT" <<'PY'
 import socket, struct, sys, time
 port = int(sys.argv[1])
+for i in range(100):                      # replays, breaker ejections, health checks, hedges
+    c = socket.create_connection(("127.0.0.1", int(sys.argv[2]))); c.settimeout(20)
+    c.sendall(b"resilient %d" % i); c.shutdown(socket.SHUT_WR)
+    got = b""
+    while (d := c.recv(65536)):
+        got += d
+    assert got == b"resilient %d" % i, (i, got)
+    c.close()
 for i in range(200):                      # relays that complete, some with large payloads
     c = socket.create_connection(("127.0.0.1", port)); c.settimeout(20)
     payload = bytes([i % 251]) * (1 << 20 if i % 50 == 0 else 100)

@@ -70,6 +70,23 @@ public protocol RelayDelegate: AnyObject {
     func relayUpstreamFailed(_ relay: Relay, _ failure: UpstreamFailure, canReplay: Bool) -> Bool
     /// After `relayUpstreamFailed` returned true: the failed upstream is gone; call `connect` now.
     func relayDetached(_ relay: Relay)
+    /// With `RelayOptions.hedgeAfterMicroseconds`: the connect is still pending after that long; the
+    /// delegate may race a second one with `connectHedge`.
+    func relayWantsHedge(_ relay: Relay)
+    /// How a hedged connect race went, before the usual `relayConnected` or `relayConnectFailed`.
+    func relayHedge(_ relay: Relay, _ event: HedgeEvent)
+}
+
+/// Steps of a hedged connect race.
+public enum HedgeEvent: Equatable, Sendable {
+    /// The first connect failed; the hedge is still pending, so no retry is needed yet.
+    case primaryFailed(ConnectError)
+    /// The hedge connected first: the relay now uses it, and the first connect was abandoned.
+    case hedgeWon
+    /// The hedge failed.
+    case hedgeFailed(ConnectError)
+    /// The first connect won; the hedge was abandoned.
+    case hedgeCancelled
 }
 
 extension RelayDelegate {
@@ -77,6 +94,8 @@ extension RelayDelegate {
     public func relayFirstByte(_ relay: Relay) {}
     public func relayUpstreamFailed(_ relay: Relay, _ failure: UpstreamFailure, canReplay: Bool) -> Bool { false }
     public func relayDetached(_ relay: Relay) {}
+    public func relayWantsHedge(_ relay: Relay) {}
+    public func relayHedge(_ relay: Relay, _ event: HedgeEvent) {}
 }
 
 /// How a backend failed before answering.
@@ -104,9 +123,12 @@ public struct RelayOptions: Sendable {
     public var replayLimit: Int
     /// Fail the backend if it sends nothing this long after the client's first bytes; 0: off.
     public var firstByteTimeoutMicroseconds: Int64
+    /// Offer to race a second connect when the first has not completed after this long; 0: off.
+    public var hedgeAfterMicroseconds: Int64
 
     public init(highWatermark: Int, idleTimeoutMicroseconds: Int64, measureLatency: Bool = false,
-                replayLimit: Int = 0, firstByteTimeoutMicroseconds: Int64 = 0) {
+                replayLimit: Int = 0, firstByteTimeoutMicroseconds: Int64 = 0, hedgeAfterMicroseconds: Int64 = 0) {
+        self.hedgeAfterMicroseconds = hedgeAfterMicroseconds
         self.highWatermark = highWatermark
         self.idleTimeoutMicroseconds = idleTimeoutMicroseconds
         self.measureLatency = measureLatency
@@ -147,6 +169,11 @@ public final class Relay {
     /// Kept bytes exceeded the replay limit: this connection can no longer be replayed.
     var replayOverflowed = false
     var firstByteTimerArmed = false
+    /// The racing second connect of a hedge, or -1.
+    var hedgeFD: Int32 = -1
+    var hedgeEndpoint: Endpoint?
+    /// The first connect of a hedged race has not failed (its socket is `sides[1].fd`).
+    var primaryPending = false
     /// Set while a libevent callback for this relay runs, so that closing defers the final release.
     var inCallback = false
     var releasePending = false
@@ -158,7 +185,7 @@ public final class Relay {
     public var bytesFromClient: Int { sides[0].bytesRead }
     public var bytesToClient: Int { sides[1].bytesRead }
     /// The upstream this relay is connecting or connected to.
-    public private(set) var upstreamEndpoint: Endpoint?
+    public internal(set) var upstreamEndpoint: Endpoint?
     /// When the relay was created, in the loop's microseconds.
     public let startedAt: Int64
 
@@ -183,7 +210,7 @@ public final class Relay {
     }
 
     enum EventSlot: Int, CaseIterable {
-        case clientRead, clientWrite, upstreamRead, upstreamWrite, idle, firstByte
+        case clientRead, clientWrite, upstreamRead, upstreamWrite, idle, firstByte, hedgeWrite, hedgeTimer
     }
 
     static let eventSize = event_get_struct_event_size()
@@ -229,9 +256,45 @@ public final class Relay {
     public func connect(to endpoint: Endpoint, timeoutMicroseconds: Int64) -> ConnectError? {
         precondition(state == .idle, "connect while \(state)")
         upstreamEndpoint = endpoint
+        let (started, error) = Self.startConnect(endpoint)
+        guard let fd = started else { return error }
+        // Whether connected already or in progress, completion is reported when the socket is writable.
+        sides[1].fd = fd
+        state = .connecting
+        primaryPending = true
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        let connectEvent = event(.upstreamWrite)
+        event_assign(connectEvent, eventBase.base, fd, Int16(EV_WRITE), relayIOCallback, me)
+        var tv = timevalFrom(microseconds: timeoutMicroseconds)
+        event_add(connectEvent, &tv)
+        if options.hedgeAfterMicroseconds > 0 {
+            event_assign(event(.hedgeTimer), eventBase.base, -1, 0, relayHedgeTimerCallback, me)
+            var after = timevalFrom(microseconds: options.hedgeAfterMicroseconds)
+            event_add(event(.hedgeTimer), &after)
+        }
+        return nil
+    }
+
+    /// Races a second connect against the pending one (after `relayWantsHedge`); the first to connect is
+    /// kept. Returns an error if this connect fails at once.
+    public func connectHedge(to endpoint: Endpoint, timeoutMicroseconds: Int64) -> ConnectError? {
+        guard state == .connecting, hedgeFD < 0 else { return nil }
+        let (fd, error) = Self.startConnect(endpoint)
+        guard let fd else { return error }
+        hedgeFD = fd
+        hedgeEndpoint = endpoint
+        event_assign(event(.hedgeWrite), eventBase.base, fd, Int16(EV_WRITE), relayHedgeCallback,
+                     Unmanaged.passUnretained(self).toOpaque())
+        var tv = timevalFrom(microseconds: timeoutMicroseconds)
+        event_add(event(.hedgeWrite), &tv)
+        return nil
+    }
+
+    /// A non-blocking socket connecting to `endpoint`, or the error if the connect failed at once.
+    static func startConnect(_ endpoint: Endpoint) -> (Int32?, ConnectError?) {
         let fd = socket(endpoint.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return ConnectError(errno: currentErrno) }
-        Self.setNoDelay(fd)
+        guard fd >= 0 else { return (nil, ConnectError(errno: currentErrno)) }
+        setNoDelay(fd)
         var result: Int32 = 0
         repeat {
             result = endpoint.withSockaddr { Glibc.connect(fd, $0, $1) }
@@ -239,16 +302,9 @@ public final class Relay {
         if result < 0 && currentErrno != EINPROGRESS {
             let error = ConnectError(errno: currentErrno)
             Glibc.close(fd)
-            return error
+            return (nil, error)
         }
-        // Whether connected already or in progress, completion is reported when the socket is writable.
-        sides[1].fd = fd
-        state = .connecting
-        let connectEvent = event(.upstreamWrite)
-        event_assign(connectEvent, eventBase.base, fd, Int16(EV_WRITE), relayIOCallback, Unmanaged.passUnretained(self).toOpaque())
-        var tv = timevalFrom(microseconds: timeoutMicroseconds)
-        event_add(connectEvent, &tv)
-        return nil
+        return (fd, nil)
     }
 
     /// Closes both sides now. Safe to call from the delegate; a second call does nothing.
@@ -268,9 +324,19 @@ public final class Relay {
     /// Ends a failed connect attempt: the upstream socket is closed and the relay can connect again.
     func dropUpstream() {
         event_del(event(.upstreamWrite))
-        Glibc.close(sides[1].fd)
+        event_del(event(.hedgeTimer))
+        if sides[1].fd >= 0 { Glibc.close(sides[1].fd) }
         sides[1] = Side()
+        primaryPending = false
         state = .idle
+    }
+
+    /// Abandons the hedge connect, if one is running.
+    func cancelHedge() {
+        guard hedgeFD >= 0 else { return }
+        event_del(event(.hedgeWrite))
+        Glibc.close(hedgeFD)
+        hedgeFD = -1
     }
 
     /// Whether the kept client bytes could be replayed to another backend now.
@@ -297,7 +363,11 @@ public final class Relay {
     func finish(_ reason: RelayCloseReason) -> Bool {
         guard state != .closed else { return false }
         let wasRelaying = state == .relaying
-        if state == .connecting { event_del(event(.upstreamWrite)) }
+        if state == .connecting {
+            event_del(event(.upstreamWrite))
+            event_del(event(.hedgeTimer))
+        }
+        cancelHedge()
         state = .closed
         if wasRelaying {
             for slot in EventSlot.allCases { event_del(event(slot)) }

@@ -51,7 +51,8 @@ final class PoolRuntime {
         relayOptions = RelayOptions(highWatermark: bufferSize, idleTimeoutMicroseconds: config.idleTimeout.microseconds,
                                     measureLatency: strategy.measuresLatency,
                                     replayLimit: config.resilience.replayMaxBytes ?? 0,
-                                    firstByteTimeoutMicroseconds: config.resilience.firstByteTimeout?.microseconds ?? 0)
+                                    firstByteTimeoutMicroseconds: config.resilience.firstByteTimeout?.microseconds ?? 0,
+                                    hedgeAfterMicroseconds: config.resilience.hedgeAfter?.microseconds ?? 0)
         health = PoolHealth(pool: config, shared: shared.health, seed: StableHash.mix(seed ^ 0xB4EA), logger: logger)
         connectTimeoutMicroseconds = config.connectTimeout.microseconds
         maxAttempts = config.retries + 1

@@ -21,6 +21,8 @@ final class Session: RelayDelegate {
     private(set) var isWaiting = false
     /// A retry already granted by the budget (for a replay) and not yet used.
     private var retryGranted = false
+    /// The backend of a racing hedge connect whose slot this session also holds, or -1.
+    private var hedgeBackend = -1
 
     init(worker: Worker, pool: PoolRuntime, clientHash: UInt64) {
         self.worker = worker
@@ -139,8 +141,60 @@ final class Session: RelayDelegate {
     }
 
     func relayConnectFailed(_ relay: Relay, error: ConnectError) {
-        connectFailed(error)
+        if backend >= 0 { connectFailed(error) }
         connectNext()
+    }
+
+    // MARK: - Hedged connects
+
+    /// The connect is slow: race one to another backend, if attempts and the retry budget allow.
+    func relayWantsHedge(_ relay: Relay) {
+        let now = worker.base.cachedMicroseconds
+        guard attempts < pool.maxAttempts, pool.health.retryBudget.tryRetry(now: now) else { return }
+        guard case .backend(let index) = pool.balancer.pick(tried: tried, context: PickContext(clientHash: clientHash, now: now)) else {
+            return
+        }
+        attempts += 1
+        tried.insert(index)
+        hedgeBackend = index
+        pool.health.picked(index, now: now)
+        worker.stats.hedges += 1
+        worker.logger.info("connect is slow, racing a second backend", metadata: [
+            "pool": "\(pool.config.name)", "slow": "\(pool.config.backends[backend].address)",
+            "hedge": "\(pool.config.backends[index].address)",
+        ])
+        if let error = relay.connectHedge(to: pool.endpoints[index], timeoutMicroseconds: pool.connectTimeoutMicroseconds) {
+            relayHedge(relay, .hedgeFailed(error))
+        }
+    }
+
+    func relayHedge(_ relay: Relay, _ event: HedgeEvent) {
+        switch event {
+        case .primaryFailed(let error):
+            connectFailed(error)
+        case .hedgeWon:
+            // The slow first connect was abandoned, not failed: give its slot back without blaming it.
+            if backend >= 0 {
+                pool.balancer.release(backend)
+                worker.slotFreed(pool)
+            }
+            backend = hedgeBackend
+            hedgeBackend = -1
+        case .hedgeFailed(let error):
+            guard hedgeBackend >= 0 else { return }
+            let index = hedgeBackend
+            hedgeBackend = -1
+            let outcome: CircuitBreaker.Outcome = error == .timedOut ? .connectTimeout : .connectRefused
+            pool.health.record(outcome, backend: index, now: worker.base.cachedMicroseconds)
+            note("hedged connect failed", String(describing: error), backend: index, retrying: false)
+            pool.balancer.release(index)
+            worker.slotFreed(pool)
+        case .hedgeCancelled:
+            guard hedgeBackend >= 0 else { return }
+            pool.balancer.release(hedgeBackend)
+            hedgeBackend = -1
+            worker.slotFreed(pool)
+        }
     }
 
     func relayFirstByte(_ relay: Relay) {
@@ -178,6 +232,10 @@ final class Session: RelayDelegate {
     func relayClosed(_ relay: Relay, reason: RelayCloseReason) {
         leaveQueue()
         releaseSlot()
+        if hedgeBackend >= 0 {
+            pool.balancer.release(hedgeBackend)
+            hedgeBackend = -1
+        }
         worker.stats.bytesFromClients &+= relay.bytesFromClient
         worker.stats.bytesToClients &+= relay.bytesToClient
         self.relay = nil

@@ -20,6 +20,7 @@ struct WorkerStats {
     var bytesFromClients = 0
     var bytesToClients = 0
     var replays = 0
+    var hedges = 0
 }
 
 /// What a worker thread needs from the engine: plain values, descriptors and shared pool counters.

@@ -160,6 +160,43 @@ extension Integration {
         }
     }
 
+    @Suite(.timeLimit(.minutes(1)))
+    struct HedgeTests {
+        /// The slowest of `count` requests through a pool whose first backend never completes a connect.
+        func slowest(hedge: Bool, count: Int) throws -> (seconds: Double, hedges: Int) {
+            let hole = try BlackholeBackend()
+            let good = try BackendProcess("good")
+            let proxy = try FulcrumProcess(config: """
+            workers: 1
+            listeners: [{name: front, listen: 127.0.0.1:0, pool: app}]
+            pools:
+              app:
+                backends: [127.0.0.1:\(hole.port), 127.0.0.1:\(good.port)]
+                connect_timeout: 1s
+                breaker: off
+                retry_budget: {ratio: 100%}
+                \(hedge ? "hedge_after: 50ms" : "")
+            """)
+            var slowest = 0.0
+            for i in 0..<count {
+                let started = Date()
+                let socket = try TestSocket.connect(port: proxy.port("front"), timeout: 5)
+                try socket.send("req \(i)\n")
+                #expect(try socket.receiveLine() == "good:req \(i)")
+                slowest = max(slowest, Date().timeIntervalSince(started))
+            }
+            return (slowest, proxy.logCount(containing: "racing a second backend"))
+        }
+
+        @Test func hedgedConnectRacesASecondBackendWhenTheFirstIsSlow() throws {
+            let hedged = try slowest(hedge: true, count: 10)
+            #expect(hedged.hedges >= 4, "every other client starts on the frozen backend")
+            #expect(hedged.seconds < 0.5, "slowest request took \(hedged.seconds)s with hedging")
+            let plain = try slowest(hedge: false, count: 2)
+            #expect(plain.seconds >= 1.0, "without hedging a client waits out the connect timeout (\(plain.seconds)s)")
+        }
+    }
+
     @Suite(.timeLimit(.minutes(2)))
     struct ReplayTests {
         func run(replay: Bool) throws -> (failures: Int, total: Int, replays: Int) {
