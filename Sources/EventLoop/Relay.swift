@@ -240,6 +240,11 @@ public final class Relay {
         events = .allocate(byteCount: eventBytes, alignment: 16)
         events.initializeMemory(as: UInt8.self, repeating: 0, count: eventBytes)
         if options.replayLimit > 0 { replay = evbuffer_new() }
+        // Every slot starts assigned (as an unarmed timer), so deleting one that was never used is a no-op.
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        for slot in EventSlot.allCases {
+            event_assign(event(slot), base.base, -1, 0, relayIdleCallback, me)
+        }
         Self.setNoDelay(clientFD)
         _ = Unmanaged.passRetained(self)
         group.insert(self)

@@ -43,88 +43,14 @@ public final class TemporaryDirectory: @unchecked Sendable {
     }
 }
 
-/// A running `fulcrum run` process: started on a config, ready once it has logged every listener's
-/// bound address and "fulcrum ready", with its log collected for assertions.
-public final class FulcrumProcess: @unchecked Sendable {
-    public let process = Process()
-    private let directory: TemporaryDirectory
-    private let lock = NSCondition()
-    private var lines: [String] = []
-    private var outputClosed = false
-    /// The port each listener bound, by listener name.
-    public private(set) var ports: [String: UInt16] = [:]
+/// The log of a running process, collected line by line by a reader thread. Separate from
+/// `FulcrumProcess` so that the reader thread does not keep the process object (and the process) alive.
+final class LogCollector: @unchecked Sendable {
+    let lock = NSCondition()
+    var lines: [String] = []
+    var closed = false
 
-    /// Starts `fulcrum run` on `yaml` and waits (at most `timeout` seconds) until it is ready.
-    public init(config yaml: String, timeout: Double = 20) throws {
-        directory = try TemporaryDirectory()
-        let path = try directory.write("fulcrum.yaml", yaml)
-        process.executableURL = fulcrumExecutable()
-        process.arguments = ["run", "--config", path]
-        let pipe = Pipe()
-        process.standardError = pipe
-        process.standardOutput = pipe
-        try process.run()
-        let handle = pipe.fileHandleForReading
-        Thread.detachNewThread { [self] in readLog(handle) }
-        try waitForLog(containing: "fulcrum ready", timeout: timeout)
-        for line in log where line.contains("listening on ") {
-            guard let listener = field("listener", in: line),
-                  let address = line.components(separatedBy: "listening on ").last,
-                  let port = address.split(separator: ":").last.flatMap({ UInt16($0) }) else { continue }
-            ports[listener] = port
-        }
-    }
-
-    deinit {
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
-    }
-
-    public func port(_ listener: String) -> UInt16 { ports[listener] ?? 0 }
-
-    public var log: [String] { lock.withLock { lines } }
-
-    public func logCount(containing text: String) -> Int { log.filter { $0.contains(text) }.count }
-
-    /// Waits until a log line contains `text`; throws after `timeout` seconds or if the process exits first.
-    @discardableResult
-    public func waitForLog(containing text: String, count: Int = 1, timeout: Double = 10) throws -> String {
-        let deadline = Date().addingTimeInterval(timeout)
-        lock.lock()
-        defer { lock.unlock() }
-        while true {
-            let matches = lines.filter { $0.contains(text) }
-            if matches.count >= count { return matches[count - 1] }
-            if outputClosed {
-                throw TestSocketError("fulcrum exited before logging '\(text)'; log:\n\(lines.joined(separator: "\n"))", errno: 0)
-            }
-            if !lock.wait(until: deadline) {
-                throw TestSocketError("no log line with '\(text)' within \(timeout)s; log:\n\(lines.joined(separator: "\n"))", errno: 0)
-            }
-        }
-    }
-
-    public func signal(_ number: Int32) { kill(process.processIdentifier, number) }
-
-    /// Waits for the process to exit and returns its status; throws (after killing it) past `timeout`.
-    public func waitForExit(timeout: Double = 10) throws -> Int32 {
-        let deadline = Date().addingTimeInterval(timeout)
-        lock.lock()
-        while !outputClosed {
-            if !lock.wait(until: deadline) {
-                lock.unlock()
-                kill(process.processIdentifier, SIGKILL)
-                throw TestSocketError("fulcrum did not exit within \(timeout)s", errno: 0)
-            }
-        }
-        lock.unlock()
-        process.waitUntilExit()
-        return process.terminationStatus
-    }
-
-    private func readLog(_ handle: FileHandle) {
+    func read(_ handle: FileHandle) {
         var pending = Data()
         while true {
             let data = handle.availableData
@@ -140,9 +66,102 @@ public final class FulcrumProcess: @unchecked Sendable {
             }
         }
         lock.withLock {
-            outputClosed = true
+            closed = true
             lock.broadcast()
         }
+    }
+}
+
+/// A running `fulcrum run` process: started on a config, ready once it has logged every listener's
+/// bound address and "fulcrum ready", with its log collected for assertions. Killed when released.
+public final class FulcrumProcess: @unchecked Sendable {
+    public let process = Process()
+    private let directory: TemporaryDirectory
+    private let collector = LogCollector()
+    /// The port each listener bound, by listener name.
+    public private(set) var ports: [String: UInt16] = [:]
+
+    /// Starts `fulcrum run` on `yaml` and waits (at most `timeout` seconds) until it is ready.
+    public init(config yaml: String, timeout: Double = 20) throws {
+        directory = try TemporaryDirectory()
+        let path = try directory.write("fulcrum.yaml", yaml)
+        process.executableURL = fulcrumExecutable()
+        process.arguments = ["run", "--config", path]
+        let pipe = Pipe()
+        process.standardError = pipe
+        process.standardOutput = pipe
+        try process.run()
+        let handle = pipe.fileHandleForReading
+        let collector = self.collector
+        Thread.detachNewThread { collector.read(handle) }
+        do {
+            try waitForLog(containing: "fulcrum ready", timeout: timeout)
+        } catch {
+            stop()
+            throw error
+        }
+        for line in log where line.contains("listening on ") {
+            guard let listener = field("listener", in: line),
+                  let address = line.components(separatedBy: "listening on ").last,
+                  let port = address.split(separator: ":").last.flatMap({ UInt16($0) }) else { continue }
+            ports[listener] = port
+        }
+    }
+
+    deinit { stop() }
+
+    private func stop() {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+
+    public func port(_ listener: String) -> UInt16 { ports[listener] ?? 0 }
+
+    public var log: [String] { collector.lock.withLock { collector.lines } }
+
+    public func logCount(containing text: String) -> Int { log.filter { $0.contains(text) }.count }
+
+    /// Waits until a log line contains `text`; throws after `timeout` seconds or if the process exits first.
+    @discardableResult
+    public func waitForLog(containing text: String, count: Int = 1, timeout: Double = 10) throws -> String {
+        let deadline = Date().addingTimeInterval(timeout)
+        let lock = collector.lock
+        lock.lock()
+        defer { lock.unlock() }
+        while true {
+            let matches = collector.lines.filter { $0.contains(text) }
+            if matches.count >= count { return matches[count - 1] }
+            if collector.closed {
+                throw TestSocketError("fulcrum exited before logging '\(text)'; log:\n\(collector.lines.joined(separator: "\n"))", errno: 0)
+            }
+            if !lock.wait(until: deadline) {
+                throw TestSocketError("no log line with '\(text)' within \(timeout)s; log:\n\(collector.lines.joined(separator: "\n"))", errno: 0)
+            }
+        }
+    }
+
+    public func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+
+    /// Waits for the process to exit and returns its status; throws (after killing it) past `timeout`.
+    public func waitForExit(timeout: Double = 10) throws -> Int32 {
+        let exited = DispatchSemaphore(value: 0)
+        let process = self.process
+        Thread.detachNewThread {
+            process.waitUntilExit()
+            exited.signal()
+        }
+        if exited.wait(timeout: .now() + timeout) == .timedOut {
+            kill(process.processIdentifier, SIGKILL)
+            throw TestSocketError("fulcrum did not exit within \(timeout)s", errno: 0)
+        }
+        // The log reader has everything once the pipe is drained.
+        let lock = collector.lock
+        lock.lock()
+        while !collector.closed && lock.wait(until: Date().addingTimeInterval(1)) {}
+        lock.unlock()
+        return process.terminationStatus
     }
 
     private func field(_ key: String, in line: String) -> String? {

@@ -2,6 +2,9 @@ import ArgumentParser
 import Fulcrum
 import FulcrumCore
 import Logging
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @main
 struct FulcrumCommand: ParsableCommand {
@@ -73,7 +76,10 @@ extension FulcrumCommand {
                 logger.critical("not starting: \(error)")
                 throw ExitCode(1)
             }
-            throw ExitCode(status)
+            // Everything is drained and joined: leave without running exit-time destructors of the
+            // libraries linked in, which have nothing left to do.
+            fflush(nil)
+            _exit(status)
         }
     }
 

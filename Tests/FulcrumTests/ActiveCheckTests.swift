@@ -14,15 +14,19 @@ final class RedisServer {
         probe.stop()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["redis-server", "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
+        process.standardOutput = FileHandle.nullDevice
         try process.run()
-        // Ready once it logs that it accepts connections.
-        var log = Data()
-        while !String(decoding: log, as: UTF8.self).contains("Ready to accept connections") {
-            let chunk = pipe.fileHandleForReading.availableData
-            if chunk.isEmpty { throw TestSocketError("redis-server exited: \(String(decoding: log, as: UTF8.self))", errno: 0) }
-            log.append(chunk)
+        // Ready once it answers PING (bounded: 10 s).
+        let deadline = Date().addingTimeInterval(10)
+        while true {
+            if let socket = try? TestSocket.connect(port: port, timeout: 1) {
+                try socket.send("PING\r\n")
+                if (try? socket.receiveLine()) == "+PONG\r" { break }
+            }
+            guard process.isRunning, Date() < deadline else {
+                throw TestSocketError("redis-server on port \(port) did not answer PING", errno: 0)
+            }
+            usleep(20_000)
         }
     }
 
