@@ -53,3 +53,10 @@ public final class EventBase {
 func timevalFrom(microseconds: Int64) -> timeval {
     timeval(tv_sec: Int(microseconds / 1_000_000), tv_usec: Int(microseconds % 1_000_000))
 }
+
+/// Removes a libevent event from its loop and frees it; for the classes that own one `event_new` each.
+func freeEvent(_ event: OpaquePointer?) {
+    guard let event else { return }
+    event_del(event)
+    event_free(event)
+}

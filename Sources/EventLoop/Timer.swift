@@ -13,7 +13,7 @@ public final class Timer {
         }, Unmanaged.passUnretained(self).toOpaque())
     }
 
-    deinit { cancel(); free() }
+    deinit { freeEvent(event) }
 
     public func schedule(after microseconds: Int64) {
         guard let event else { return }
@@ -30,10 +30,6 @@ public final class Timer {
         if let event { event_del(event) }
     }
 
-    private func free() {
-        if let event { event_free(event) }
-        event = nil
-    }
 }
 
 /// Watches a POSIX signal on an event base. Only one base in a process should watch signals.
@@ -54,10 +50,5 @@ public final class SignalWatcher {
         event_add(event, nil)
     }
 
-    deinit {
-        if let event {
-            event_del(event)
-            event_free(event)
-        }
-    }
+    deinit { freeEvent(event) }
 }

@@ -50,10 +50,7 @@ public final class WakeupReceiver {
     }
 
     deinit {
-        if let event {
-            event_del(event)
-            event_free(event)
-        }
+        freeEvent(event)
         Socket.close(readFD)
         Socket.close(writeFD)
     }

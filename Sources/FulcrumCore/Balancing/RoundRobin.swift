@@ -12,7 +12,7 @@ public final class RoundRobinStrategy: BalancingStrategy {
     // nginx scan: running score per candidate position.
     private var score: [Int] = []
     // EDF: deadlines as fractions with a common denominator, kept in a heap of candidate positions.
-    private var heap = IndexedMinHeap()
+    private var heap = PositionedHeap()
     private var deadline: [Double] = []
     private var stash: [Int] = []
 
@@ -24,9 +24,7 @@ public final class RoundRobinStrategy: BalancingStrategy {
         if candidates.count > Self.scanLimit {
             deadline = candidates.map { 0.5 / Double(table.effectiveWeight[$0]) }
             stash.reserveCapacity(candidates.count)
-            heap.rebuild(count: candidates.count) { [deadline] a, b in
-                deadline[a] < deadline[b] || (deadline[a] == deadline[b] && a < b)
-            }
+            heap.rebuild(count: candidates.count, less: less)
         }
     }
 
@@ -69,55 +67,5 @@ public final class RoundRobinStrategy: BalancingStrategy {
 
     private func less(_ a: Int, _ b: Int) -> Bool {
         deadline[a] < deadline[b] || (deadline[a] == deadline[b] && a < b)
-    }
-}
-
-/// A binary min-heap of small integers ordered by a caller-supplied comparison; storage is reused across
-/// rebuilds, so pushes and pops allocate nothing once built.
-struct IndexedMinHeap {
-    private(set) var items: [Int] = []
-
-    var isEmpty: Bool { items.isEmpty }
-
-    mutating func rebuild(count: Int, less: (Int, Int) -> Bool) {
-        items.removeAll(keepingCapacity: true)
-        items.reserveCapacity(count)
-        for i in 0..<count { push(i, less: less) }
-    }
-
-    mutating func push(_ item: Int, less: (Int, Int) -> Bool) {
-        items.append(item)
-        var child = items.count - 1
-        while child > 0 {
-            let parent = (child - 1) / 2
-            guard less(items[child], items[parent]) else { break }
-            items.swapAt(child, parent)
-            child = parent
-        }
-    }
-
-    mutating func popMin(less: (Int, Int) -> Bool) -> Int? {
-        guard let first = items.first else { return nil }
-        let last = items.removeLast()
-        if !items.isEmpty {
-            items[0] = last
-            siftDown(0, less: less)
-        }
-        return first
-    }
-
-    func peek() -> Int? { items.first }
-
-    private mutating func siftDown(_ start: Int, less: (Int, Int) -> Bool) {
-        var parent = start
-        while true {
-            let left = 2 * parent + 1
-            guard left < items.count else { return }
-            var smallest = left
-            if left + 1 < items.count && less(items[left + 1], items[left]) { smallest = left + 1 }
-            guard less(items[smallest], items[parent]) else { return }
-            items.swapAt(smallest, parent)
-            parent = smallest
-        }
     }
 }

@@ -134,35 +134,17 @@ public enum ConfigLoader {
         let path = "pools.\(name)"
         guard let f = r.fields(node, path, known: poolKeys) else { return nil }
         let balance = f["balance"].flatMap { buildBalance($0, f.path("balance"), &r) } ?? .roundRobin
-        var connectTimeout = FulcrumConfig.Pool.defaultConnectTimeout
-        if let node = f["connect_timeout"], let value = r.duration(node, f.path("connect_timeout")) {
-            if value <= .zero {
-                r.report(node, f.path("connect_timeout"), "must be greater than zero", hint: "use e.g. 1s")
-            } else {
-                connectTimeout = value
-            }
-        }
-        var idleTimeout = FulcrumConfig.Pool.defaultIdleTimeout
-        if let node = f["idle_timeout"], let value = r.duration(node, f.path("idle_timeout")) {
-            if value <= .zero {
-                r.report(node, f.path("idle_timeout"), "must be greater than zero", hint: "use e.g. 10m")
-            } else {
-                idleTimeout = value
-            }
-        }
+        let connectTimeout = f["connect_timeout"].flatMap { r.positiveDuration($0, f.path("connect_timeout")) }
+            ?? FulcrumConfig.Pool.defaultConnectTimeout
+        let idleTimeout = f["idle_timeout"].flatMap { r.positiveDuration($0, f.path("idle_timeout")) }
+            ?? FulcrumConfig.Pool.defaultIdleTimeout
         let retries = f["retries"].flatMap { r.integer($0, f.path("retries"), in: 0...100) }
             ?? FulcrumConfig.Pool.defaultRetries
         let slowStart = f["slow_start"].flatMap { r.duration($0, f.path("slow_start")) } ?? .zero
         var queue = FulcrumConfig.Queue()
         if let node = f["queue"], let q = r.fields(node, f.path("queue"), known: queueKeys) {
             queue.size = q["size"].flatMap { r.integer($0, q.path("size"), in: 0...1_000_000) } ?? queue.size
-            if let node = q["timeout"], let value = r.duration(node, q.path("timeout")) {
-                if value <= .zero {
-                    r.report(node, q.path("timeout"), "must be greater than zero", hint: "use e.g. 5s")
-                } else {
-                    queue.timeout = value
-                }
-            }
+            if let node = q["timeout"], let value = r.positiveDuration(node, q.path("timeout")) { queue.timeout = value }
         }
 
         var backends: [FulcrumConfig.Backend] = []
