@@ -138,6 +138,34 @@ extension Integration {
             #expect(failures(outcomes).isEmpty, "client-visible failures: \(failures(outcomes).prefix(3))")
         }
 
+        @Test func aRecoveredBackendSlowStarts() throws {
+            let backends = try ["a", "b"].map { try BackendProcess($0) }
+            let proxy = try startResilient(backends, extra: "    slow_start: 4s")
+            backends[1].kill9()
+            try proxy.waitForLog(containing: "backend down")
+            try backends[1].start()
+            try proxy.waitForLog(containing: "backend up", count: 3)
+            // Right after recovery "b" has about 10% of its weight: far less than its even half.
+            var early: [String: Int] = [:]
+            for i in 0..<100 {
+                let socket = try TestSocket.connect(port: proxy.port("front"))
+                try socket.send("r\(i)\n")
+                early[String(try socket.receiveLine().prefix(1)), default: 0] += 1
+            }
+            #expect(early["b", default: 0] >= 1 && early["b", default: 0] <= 30, "just recovered: \(early)")
+            // Once the window has passed it is back to an even share.
+            let load = LoadClient(port: proxy.port("front"))
+            let deadline = Date().addingTimeInterval(10)
+            var recent: [LoadClient.Outcome] = []
+            repeat {
+                try load.waitForAnswers(from: "a", count: 50)
+                recent = Array(load.all.suffix(100))
+            } while recent.filter({ $0.backend == "b" }).count < 40 && Date() < deadline
+            let outcomes = load.stop()
+            #expect(recent.filter { $0.backend == "b" }.count >= 40, "after the ramp: \(recent.filter { $0.backend == "b" }.count) of 100")
+            #expect(failures(outcomes).isEmpty)
+        }
+
         @Test func theBreakerNeverEjectsMoreThanTheCap() throws {
             let a = try BackendProcess("a")
             let r1 = try RefusingPort(), r2 = try RefusingPort()
