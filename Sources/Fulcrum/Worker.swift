@@ -106,6 +106,11 @@ final class Worker {
         breakerTimer = nil
         for pool in pools { pool.health.onRecompute = nil }
         wakeup = nil
+        logger.info("worker stopped", metadata: [
+            "accepted": "\(stats.accepted)", "refused": "\(stats.clientsRefused)",
+            "connect_failures": "\(stats.connectFailures)", "replays": "\(stats.replays)", "hedges": "\(stats.hedges)",
+            "bytes_in": "\(stats.bytesFromClients)", "bytes_out": "\(stats.bytesToClients)",
+        ])
         plan.engineSender.send(UInt8(id))
     }
 
