@@ -23,7 +23,7 @@ Demo backends: redis-server on 127.0.0.1:6391 (weight 2) and 127.0.0.1:6392 (wei
 Fulcrum listens on 127.0.0.1:7000. In another terminal:
 
   redis-cli -p 7000 ping                                  # PONG, through the proxy
-  for i in $(seq 30); do redis-cli -p 7000 config get port | tail -1; done | sort | uniq -c   # ~20 vs ~10: weights 2:1
+  for i in \$(seq 30); do redis-cli -p 7000 config get port | tail -1; done | sort | uniq -c   # ~20 vs ~10: weights 2:1
   redis-benchmark -p 7000 -c 50 -n 100000 -t get,set -q   # load through the proxy
 
 Ctrl-C (SIGINT) drains open connections and stops.
