@@ -54,6 +54,7 @@ extension Integration {
             #expect(failures(outcomes).isEmpty, "client-visible failures: \(failures(outcomes).prefix(3))")
             #expect(detected < 1.5, "marked down after \(detected)s")
             #expect(recovered < 2.0, "back in rotation after \(recovered)s")
+            print("kill -9: \(outcomes.count) requests, \(failures(outcomes).count) failed, down after \(detected)s, back after \(recovered)s")
         }
 
         @Test func stoppedBackendThatAcceptsButNeverAnswers() throws {
@@ -76,6 +77,7 @@ extension Integration {
             #expect(proxy.logCount(containing: "replaying the request") >= 1)
             #expect(detected < 1.5, "marked down after \(detected)s")
             #expect(recovered < 2.0, "back in rotation after \(recovered)s")
+            print("SIGSTOP: \(outcomes.count) requests, \(failures(outcomes).count) failed, down after \(detected)s, back after \(recovered)s")
         }
 
         @Test func refusingBackendOpensItsBreakerAndCostsNoClientAnything() throws {
@@ -95,6 +97,7 @@ extension Integration {
             // Ejected for 1s, then one trial, refused again, ejected for longer: far fewer than one in three.
             let refusals = proxy.logCount(containing: "reason=connection refused")
             #expect(refusals >= 3 && refusals < outcomes.count / 10, "\(refusals) refusals in \(outcomes.count) requests")
+            print("refusing: \(outcomes.count) requests, \(failures(outcomes).count) failed, breaker open after \(opened)s, \(refusals) refused attempts")
         }
 
         @Test func backendThatResetsAfterAcceptIsEjectedAndRequestsReplayed() throws {
