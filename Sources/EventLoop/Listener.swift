@@ -32,9 +32,4 @@ public final class Listener {
         listener = nil
     }
 
-    /// Stops or resumes accepting without closing the socket (used when out of file descriptors).
-    public func setEnabled(_ enabled: Bool) {
-        guard let listener else { return }
-        if enabled { evconnlistener_enable(listener) } else { evconnlistener_disable(listener) }
-    }
 }

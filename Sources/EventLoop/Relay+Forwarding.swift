@@ -109,27 +109,34 @@ extension Relay {
             firstByteSeen = true
             if let replay { evbuffer_free(replay) }
             replay = nil
-            if firstByteTimerArmed {
-                event_del(event(.firstByte))
-                firstByteTimerArmed = false
-            }
+            disarmFirstByteTimer()
             delegate?.relayFirstByte(self)
             return
         }
-        if let replay, !replayOverflowed {
+        if let replay {
+            // Past the limit the connection can no longer be replayed: stop keeping its bytes.
             if evbuffer_get_length(replay) + count > options.replayLimit {
-                replayOverflowed = true
                 evbuffer_free(replay)
                 self.replay = nil
             } else {
                 evbuffer_add(replay, bytes, count)
             }
         }
-        if options.firstByteTimeoutMicroseconds > 0 && !firstByteTimerArmed {
-            firstByteTimerArmed = true
-            var tv = timevalFrom(microseconds: options.firstByteTimeoutMicroseconds)
-            event_add(event(.firstByte), &tv)
-        }
+        armFirstByteTimer()
+    }
+
+    private func disarmFirstByteTimer() {
+        guard firstByteTimerArmed else { return }
+        event_del(event(.firstByte))
+        firstByteTimerArmed = false
+    }
+
+    /// Starts the first-byte timeout, if configured and not already running.
+    private func armFirstByteTimer() {
+        guard options.firstByteTimeoutMicroseconds > 0 && !firstByteTimerArmed else { return }
+        firstByteTimerArmed = true
+        var tv = timevalFrom(microseconds: options.firstByteTimeoutMicroseconds)
+        event_add(event(.firstByte), &tv)
     }
 
     /// The backend failed before its first byte: the delegate may replay on another backend (true), or
@@ -137,10 +144,7 @@ extension Relay {
     @discardableResult
     func upstreamFailed(_ failure: UpstreamFailure) -> Bool {
         guard state == .relaying else { return false }
-        if firstByteTimerArmed {
-            event_del(event(.firstByte))
-            firstByteTimerArmed = false
-        }
+        disarmFirstByteTimer()
         let replayable = canReplay
         let wantsReplay = delegate?.relayUpstreamFailed(self, failure, canReplay: replayable) ?? false
         if replayable && wantsReplay && state == .relaying {
@@ -305,7 +309,6 @@ extension Relay {
         sides[1].fd = hedgeFD
         hedgeFD = -1
         primaryPending = false
-        upstreamEndpoint = hedgeEndpoint
         delegate?.relayHedge(self, .hedgeWon)
         if state == .connecting { established() }
     }
@@ -339,11 +342,7 @@ extension Relay {
             for extent in extents.prefix(found) { evbuffer_add(queue, extent.iov_base, extent.iov_len) }
             sides[1].writeArmed = true
             event_add(event(.upstreamWrite), nil)
-            if options.firstByteTimeoutMicroseconds > 0 {
-                firstByteTimerArmed = true
-                var tv = timevalFrom(microseconds: options.firstByteTimeoutMicroseconds)
-                event_add(event(.firstByte), &tv)
-            }
+            armFirstByteTimer()
         } else if sides[0].eof {
             shutdownWrite(Relay.upstream)
         }

@@ -166,12 +166,9 @@ public final class Relay {
     public internal(set) var firstByteSeen = false
     /// Copy of the client's bytes kept for replay until the first backend byte; nil when not kept.
     var replay: OpaquePointer?
-    /// Kept bytes exceeded the replay limit: this connection can no longer be replayed.
-    var replayOverflowed = false
     var firstByteTimerArmed = false
     /// The racing second connect of a hedge, or -1.
     var hedgeFD: Int32 = -1
-    var hedgeEndpoint: Endpoint?
     /// The first connect of a hedged race has not failed (its socket is `sides[1].fd`).
     var primaryPending = false
     /// Set while a libevent callback for this relay runs, so that closing defers the final release.
@@ -184,10 +181,6 @@ public final class Relay {
     /// Bytes the client sent that were handed to the upstream, and bytes sent back to the client.
     public var bytesFromClient: Int { sides[0].bytesRead }
     public var bytesToClient: Int { sides[1].bytesRead }
-    /// The upstream this relay is connecting or connected to.
-    public internal(set) var upstreamEndpoint: Endpoint?
-    /// When the relay was created, in the loop's microseconds.
-    public let startedAt: Int64
 
     static let client = 0
     static let upstream = 1
@@ -232,7 +225,6 @@ public final class Relay {
         self.eventBase = base
         self.options = options
         self.delegate = delegate
-        self.startedAt = base.cachedMicroseconds
         sides = .allocate(capacity: 2)
         sides.initialize(repeating: Side(), count: 2)
         sides[0].fd = clientFD
@@ -260,7 +252,6 @@ public final class Relay {
     /// returned here and no callback follows.
     public func connect(to endpoint: Endpoint, timeoutMicroseconds: Int64) -> ConnectError? {
         precondition(state == .idle, "connect while \(state)")
-        upstreamEndpoint = endpoint
         let (started, error) = Self.startConnect(endpoint)
         guard let fd = started else { return error }
         // Whether connected already or in progress, completion is reported when the socket is writable.
@@ -287,7 +278,6 @@ public final class Relay {
         let (fd, error) = Self.startConnect(endpoint)
         guard let fd else { return error }
         hedgeFD = fd
-        hedgeEndpoint = endpoint
         event_assign(event(.hedgeWrite), eventBase.base, fd, Int16(EV_WRITE), relayHedgeCallback,
                      Unmanaged.passUnretained(self).toOpaque())
         var tv = timevalFrom(microseconds: timeoutMicroseconds)
@@ -345,7 +335,7 @@ public final class Relay {
     }
 
     /// Whether the kept client bytes could be replayed to another backend now.
-    public var canReplay: Bool { replay != nil && !replayOverflowed && !firstByteSeen }
+    public var canReplay: Bool { replay != nil && !firstByteSeen }
 
     /// Drops an established upstream that failed before answering, keeping the client and its kept bytes,
     /// so that `connect` can try another backend.

@@ -34,9 +34,6 @@ final class PoolHealth {
 
     var hasActiveChecks: Bool { pool.resilience.health != nil }
 
-    /// The current eligibility, as last derived.
-    func isEligible(_ backend: Int) -> Bool { eligible[backend] }
-
     /// Derives eligibility from the three signals and reports every change through `onRecompute`.
     func recompute(now: Microseconds) {
         let assumeHealthy = pool.resilience.health?.assumeHealthy ?? false

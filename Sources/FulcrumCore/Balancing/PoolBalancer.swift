@@ -112,8 +112,6 @@ public final class PoolBalancer {
         rebuild()
     }
 
-    public func isEligible(_ backend: Int) -> Bool { eligible[backend] && !removed[backend] }
-
     /// Changes a backend's configured weight at runtime.
     public func setWeight(_ backend: Int, _ weight: Int, now: Microseconds) {
         table.weight[backend] = weight
@@ -199,6 +197,4 @@ public final class PoolBalancer {
         tiers.first { $0.priority == priority[backend] }?.strategy
     }
 
-    /// Candidates of the tier that takes new connections now, for status output and tests.
-    public var activeTier: [Int] { tiers.first?.candidates ?? [] }
 }
