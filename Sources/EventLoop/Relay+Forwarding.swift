@@ -29,16 +29,6 @@ let relayIdleCallback: event_callback_fn = { _, _, context in
     withRelay(context) { $0.idleCheck() }
 }
 
-let relayHedgeTimerCallback: event_callback_fn = { _, _, context in
-    withRelay(context) { relay in
-        if relay.state == .connecting && relay.hedgeFD < 0 { relay.delegate?.relayWantsHedge(relay) }
-    }
-}
-
-let relayHedgeCallback: event_callback_fn = { _, what, context in
-    withRelay(context) { $0.hedgeFinished(timedOut: Int32(what) & EV_TIMEOUT != 0) }
-}
-
 let relayFirstByteCallback: event_callback_fn = { _, _, context in
     withRelay(context) { $0.upstreamFailed(.firstByteTimeout) }
 }
@@ -53,8 +43,6 @@ extension Relay {
             let side = fd == sides[0].fd ? Relay.client : Relay.upstream
             if what & EV_READ != 0 { readable(side) }
             if what & EV_WRITE != 0 && state == .relaying { writable(side) }
-        case .connecting:
-            connectFinished(timedOut: what & EV_TIMEOUT != 0)
         case .idle, .closed:
             break
         }
@@ -146,8 +134,8 @@ extension Relay {
         guard state == .relaying else { return false }
         disarmFirstByteTimer()
         let replayable = canReplay
-        let wantsReplay = delegate?.relayUpstreamFailed(self, failure, canReplay: replayable) ?? false
-        if replayable && wantsReplay && state == .relaying {
+        let response = delegate?.relayUpstreamFailed(self, failure) ?? .proceed
+        if replayable && response == .replay && state == .relaying {
             detachUpstream()
             delegate?.relayDetached(self)
             return true
@@ -257,66 +245,8 @@ extension Relay {
         close(side == Relay.client ? .clientError(code) : .upstreamError(code))
     }
 
-    /// The outcome of a pending connect on `fd`.
-    private func connectOutcome(_ fd: Int32, timedOut: Bool) -> ConnectError? {
-        if timedOut { return .timedOut }
-        var code: Int32 = 0
-        var length = socklen_t(MemoryLayout<Int32>.size)
-        if getsockopt(fd, SOL_SOCKET, SO_ERROR, &code, &length) < 0 { code = currentErrno }
-        return code == 0 ? nil : ConnectError(errno: code)
-    }
-
-    private func connectFinished(timedOut: Bool) {
-        guard primaryPending else { return }
-        if let error = connectOutcome(sides[1].fd, timedOut: timedOut) {
-            if hedgeFD >= 0 {
-                // The hedge may still win: give up only on this socket.
-                event_del(event(.upstreamWrite))
-                Glibc.close(sides[1].fd)
-                sides[1].fd = -1
-                primaryPending = false
-                delegate?.relayHedge(self, .primaryFailed(error))
-                return
-            }
-            dropUpstream()
-            delegate?.relayConnectFailed(self, error: error)
-            return
-        }
-        if hedgeFD >= 0 {
-            cancelHedge()
-            delegate?.relayHedge(self, .hedgeCancelled)
-            guard state == .connecting else { return }
-        }
-        established()
-    }
-
-    func hedgeFinished(timedOut: Bool) {
-        guard state == .connecting, hedgeFD >= 0 else { return }
-        if let error = connectOutcome(hedgeFD, timedOut: timedOut) {
-            cancelHedge()
-            delegate?.relayHedge(self, .hedgeFailed(error))
-            if !primaryPending && state == .connecting {
-                dropUpstream()
-                delegate?.relayConnectFailed(self, error: error)
-            }
-            return
-        }
-        if primaryPending {
-            event_del(event(.upstreamWrite))
-            Glibc.close(sides[1].fd)
-        }
-        event_del(event(.hedgeWrite))
-        sides[1].fd = hedgeFD
-        hedgeFD = -1
-        primaryPending = false
-        delegate?.relayHedge(self, .hedgeWon)
-        if state == .connecting { established() }
-    }
-
-    private func established() {
+    func established() {
         state = .relaying
-        primaryPending = false
-        event_del(event(.hedgeTimer))
         let me = Unmanaged.passUnretained(self).toOpaque()
         let base = eventBase.base
         let persistRead = Int16(EV_READ | EV_PERSIST)
@@ -351,7 +281,6 @@ extension Relay {
             var tv = timevalFrom(microseconds: options.idleTimeoutMicroseconds)
             event_add(event(.idle), &tv)
         }
-        delegate?.relayConnected(self)
     }
 
     func idleCheck() {

@@ -6,15 +6,24 @@ public enum ConnectError: Error, Equatable, Sendable, CustomStringConvertible {
     case refused
     case timedOut
     case unreachable(Int32)
+    /// The proxy's own resources ran out (descriptors, ephemeral ports, kernel memory): not the backend's
+    /// fault, so it is not held against the backend's health.
+    case local(Int32)
     case failed(Int32)
 
-    init(errno code: Int32) {
+    public init(errno code: Int32) {
         switch code {
         case ECONNREFUSED: self = .refused
         case ETIMEDOUT: self = .timedOut
-        case ENETUNREACH, EHOSTUNREACH, EADDRNOTAVAIL, ENETDOWN, EHOSTDOWN: self = .unreachable(code)
+        case ENETUNREACH, EHOSTUNREACH, ENETDOWN, EHOSTDOWN: self = .unreachable(code)
+        case EMFILE, ENFILE, EADDRNOTAVAIL, ENOBUFS, ENOMEM: self = .local(code)
         default: self = .failed(code)
         }
+    }
+
+    public var isLocal: Bool {
+        if case .local = self { return true }
+        return false
     }
 
     public var description: String {
@@ -22,6 +31,7 @@ public enum ConnectError: Error, Equatable, Sendable, CustomStringConvertible {
         case .refused: return "connection refused"
         case .timedOut: return "connect timed out"
         case .unreachable(let code), .failed(let code): return errnoText(code)
+        case .local(let code): return "\(errnoText(code)) (a resource of this proxy, not the backend)"
         }
     }
 }
@@ -55,47 +65,24 @@ public enum RelayCloseReason: Equatable, Sendable, CustomStringConvertible {
 
 /// Receives a relay's per-connection events (never per read).
 public protocol RelayDelegate: AnyObject {
-    func relayConnected(_ relay: Relay)
-    func relayConnectFailed(_ relay: Relay, error: ConnectError)
     func relayClosed(_ relay: Relay, reason: RelayCloseReason)
     /// With `RelayOptions.measureLatency`: the time from forwarding client bytes to the first bytes of the
     /// backend's answer, once per turn (request, then response).
     func relayMeasured(_ relay: Relay, latency microseconds: Int64)
     /// The backend sent its first byte on this connection.
     func relayFirstByte(_ relay: Relay)
-    /// The backend closed, reset or timed out before sending any byte. Return true to replay: the relay
-    /// drops this upstream and keeps the client; the delegate then calls `connect` to another backend and
-    /// the kept client bytes are sent there first. Only possible while `canReplay` is true. Return false to
-    /// let the failure reach the client as it happened.
-    func relayUpstreamFailed(_ relay: Relay, _ failure: UpstreamFailure, canReplay: Bool) -> Bool
-    /// After `relayUpstreamFailed` returned true: the failed upstream is gone; call `connect` now.
+    /// The backend closed, reset or timed out before sending any byte (`relay.canReplay` and
+    /// `relay.clientFinished` tell the rest). `.replay` drops this upstream and keeps the client: the relay
+    /// then calls `relayDetached`, and `attach` of another upstream sends the kept client bytes there
+    /// first. `.proceed` lets the failure reach the client as it happened.
+    func relayUpstreamFailed(_ relay: Relay, _ failure: UpstreamFailure) -> UpstreamFailureResponse
+    /// After `relayUpstreamFailed` answered `.replay`: the failed upstream is gone.
     func relayDetached(_ relay: Relay)
-    /// With `RelayOptions.hedgeAfterMicroseconds`: the connect is still pending after that long; the
-    /// delegate may race a second one with `connectHedge`.
-    func relayWantsHedge(_ relay: Relay)
-    /// How a hedged connect race went, before the usual `relayConnected` or `relayConnectFailed`.
-    func relayHedge(_ relay: Relay, _ event: HedgeEvent)
 }
 
-/// Steps of a hedged connect race.
-public enum HedgeEvent: Equatable, Sendable {
-    /// The first connect failed; the hedge is still pending, so no retry is needed yet.
-    case primaryFailed(ConnectError)
-    /// The hedge connected first: the relay now uses it, and the first connect was abandoned.
-    case hedgeWon
-    /// The hedge failed.
-    case hedgeFailed(ConnectError)
-    /// The first connect won; the hedge was abandoned.
-    case hedgeCancelled
-}
-
-extension RelayDelegate {
-    public func relayMeasured(_ relay: Relay, latency microseconds: Int64) {}
-    public func relayFirstByte(_ relay: Relay) {}
-    public func relayUpstreamFailed(_ relay: Relay, _ failure: UpstreamFailure, canReplay: Bool) -> Bool { false }
-    public func relayDetached(_ relay: Relay) {}
-    public func relayWantsHedge(_ relay: Relay) {}
-    public func relayHedge(_ relay: Relay, _ event: HedgeEvent) {}
+public enum UpstreamFailureResponse: Sendable {
+    case replay
+    case proceed
 }
 
 /// How a backend failed before answering.
@@ -123,12 +110,9 @@ public struct RelayOptions: Sendable {
     public var replayLimit: Int
     /// Fail the backend if it sends nothing this long after the client's first bytes; 0: off.
     public var firstByteTimeoutMicroseconds: Int64
-    /// Offer to race a second connect when the first has not completed after this long; 0: off.
-    public var hedgeAfterMicroseconds: Int64
 
     public init(highWatermark: Int, idleTimeoutMicroseconds: Int64, measureLatency: Bool = false,
-                replayLimit: Int = 0, firstByteTimeoutMicroseconds: Int64 = 0, hedgeAfterMicroseconds: Int64 = 0) {
-        self.hedgeAfterMicroseconds = hedgeAfterMicroseconds
+                replayLimit: Int = 0, firstByteTimeoutMicroseconds: Int64 = 0) {
         self.highWatermark = highWatermark
         self.idleTimeoutMicroseconds = idleTimeoutMicroseconds
         self.measureLatency = measureLatency
@@ -137,8 +121,10 @@ public struct RelayOptions: Sendable {
     }
 }
 
-/// One proxied client: the accepted client socket, at most one upstream connection (connecting or
-/// established), and the bytes flowing between them.
+/// The byte pump of one proxied client: the accepted client socket, at most one connected upstream
+/// (handed over by a `Connector` through `attach`), and the bytes flowing between them. It decides
+/// nothing about backends: failures before the backend's first byte go to its delegate, which answers
+/// whether to replay.
 ///
 /// The relay keeps itself alive (one retain) from creation until it closes; libevent callbacks reach it
 /// through an unretained pointer. Bytes read from one socket are written straight to the other from the
@@ -149,7 +135,7 @@ public struct RelayOptions: Sendable {
 /// other after its queue is flushed; the relay closes when both directions are finished or on the first
 /// error.
 public final class Relay {
-    enum State { case idle, connecting, relaying, closed }
+    enum State { case idle, relaying, closed }
 
     public private(set) var delegate: (any RelayDelegate)?
     let eventBase: EventBase
@@ -167,10 +153,6 @@ public final class Relay {
     /// Copy of the client's bytes kept for replay until the first backend byte; nil when not kept.
     var replay: OpaquePointer?
     var firstByteTimerArmed = false
-    /// The racing second connect of a hedge, or -1.
-    var hedgeFD: Int32 = -1
-    /// The first connect of a hedged race has not failed (its socket is `sides[1].fd`).
-    var primaryPending = false
     /// Set while a libevent callback for this relay runs, so that closing defers the final release.
     var inCallback = false
     var releasePending = false
@@ -203,7 +185,7 @@ public final class Relay {
     }
 
     enum EventSlot: Int, CaseIterable {
-        case clientRead, clientWrite, upstreamRead, upstreamWrite, idle, firstByte, hedgeWrite, hedgeTimer
+        case clientRead, clientWrite, upstreamRead, upstreamWrite, idle, firstByte
     }
 
     static let eventSize = event_get_struct_event_size()
@@ -247,59 +229,12 @@ public final class Relay {
         events.deallocate()
     }
 
-    /// Starts a non-blocking connect to `endpoint`, bounded by `timeoutMicroseconds`. The outcome arrives
-    /// as `relayConnected` or `relayConnectFailed`, unless the connect fails at once: then the error is
-    /// returned here and no callback follows.
-    public func connect(to endpoint: Endpoint, timeoutMicroseconds: Int64) -> ConnectError? {
-        precondition(state == .idle, "connect while \(state)")
-        let (started, error) = Self.startConnect(endpoint)
-        guard let fd = started else { return error }
-        // Whether connected already or in progress, completion is reported when the socket is writable.
-        sides[1].fd = fd
-        state = .connecting
-        primaryPending = true
-        let me = Unmanaged.passUnretained(self).toOpaque()
-        let connectEvent = event(.upstreamWrite)
-        event_assign(connectEvent, eventBase.base, fd, Int16(EV_WRITE), relayIOCallback, me)
-        var tv = timevalFrom(microseconds: timeoutMicroseconds)
-        event_add(connectEvent, &tv)
-        if options.hedgeAfterMicroseconds > 0 {
-            event_assign(event(.hedgeTimer), eventBase.base, -1, 0, relayHedgeTimerCallback, me)
-            var after = timevalFrom(microseconds: options.hedgeAfterMicroseconds)
-            event_add(event(.hedgeTimer), &after)
-        }
-        return nil
-    }
-
-    /// Races a second connect against the pending one (after `relayWantsHedge`); the first to connect is
-    /// kept. Returns an error if this connect fails at once.
-    public func connectHedge(to endpoint: Endpoint, timeoutMicroseconds: Int64) -> ConnectError? {
-        guard state == .connecting, hedgeFD < 0 else { return nil }
-        let (fd, error) = Self.startConnect(endpoint)
-        guard let fd else { return error }
-        hedgeFD = fd
-        event_assign(event(.hedgeWrite), eventBase.base, fd, Int16(EV_WRITE), relayHedgeCallback,
-                     Unmanaged.passUnretained(self).toOpaque())
-        var tv = timevalFrom(microseconds: timeoutMicroseconds)
-        event_add(event(.hedgeWrite), &tv)
-        return nil
-    }
-
-    /// A non-blocking socket connecting to `endpoint`, or the error if the connect failed at once.
-    static func startConnect(_ endpoint: Endpoint) -> (Int32?, ConnectError?) {
-        let fd = socket(endpoint.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return (nil, ConnectError(errno: currentErrno)) }
-        setNoDelay(fd)
-        var result: Int32 = 0
-        repeat {
-            result = endpoint.withSockaddr { Glibc.connect(fd, $0, $1) }
-        } while result < 0 && currentErrno == EINTR
-        if result < 0 && currentErrno != EINPROGRESS {
-            let error = ConnectError(errno: currentErrno)
-            Glibc.close(fd)
-            return (nil, error)
-        }
-        return (fd, nil)
+    /// Starts relaying between the client and `upstreamFD`, a connected non-blocking socket the relay
+    /// now owns. Kept client bytes from an earlier upstream (a replay) are sent first.
+    public func attach(upstream upstreamFD: Int32) {
+        precondition(state == .idle, "attach while \(state)")
+        sides[1].fd = upstreamFD
+        established()
     }
 
     /// Closes both sides now. Safe to call from the delegate; a second call does nothing.
@@ -316,29 +251,14 @@ public final class Relay {
         try? Socket.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
     }
 
-    /// Ends a failed connect attempt: the upstream socket is closed and the relay can connect again.
-    func dropUpstream() {
-        event_del(event(.upstreamWrite))
-        event_del(event(.hedgeTimer))
-        if sides[1].fd >= 0 { Glibc.close(sides[1].fd) }
-        sides[1] = Side()
-        primaryPending = false
-        state = .idle
-    }
-
-    /// Abandons the hedge connect, if one is running.
-    func cancelHedge() {
-        guard hedgeFD >= 0 else { return }
-        event_del(event(.hedgeWrite))
-        Glibc.close(hedgeFD)
-        hedgeFD = -1
-    }
-
     /// Whether the kept client bytes could be replayed to another backend now.
     public var canReplay: Bool { replay != nil && !firstByteSeen }
 
+    /// The client's end-of-file has been forwarded to the upstream (its write side is shut).
+    public var clientFinished: Bool { sides[Relay.upstream].writeShut }
+
     /// Drops an established upstream that failed before answering, keeping the client and its kept bytes,
-    /// so that `connect` can try another backend.
+    /// so that `attach` can hand it another one.
     func detachUpstream() {
         for slot in EventSlot.allCases { event_del(event(slot)) }
         firstByteTimerArmed = false
@@ -358,11 +278,6 @@ public final class Relay {
     func finish(_ reason: RelayCloseReason) -> Bool {
         guard state != .closed else { return false }
         let wasRelaying = state == .relaying
-        if state == .connecting {
-            event_del(event(.upstreamWrite))
-            event_del(event(.hedgeTimer))
-        }
-        cancelHedge()
         state = .closed
         if wasRelaying {
             for slot in EventSlot.allCases { event_del(event(slot)) }

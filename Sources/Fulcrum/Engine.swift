@@ -34,7 +34,7 @@ public final class Engine {
         var pipes: [(receive: Int32, send: WakeupSender)] = []
         for _ in 0..<workers { pipes.append(try WakeupReceiver.makePipe()) }
         let senders = pipes.map(\.send)
-        let pools = config.pools.map { PoolShared(pool: $0) }
+        let pools = config.pools.map { PoolShared(pool: $0, workers: workers) }
         let seed = UInt64(truncatingIfNeeded: base.cachedMicroseconds) ^ UInt64(getpid())
         for id in 0..<workers {
             let plan = WorkerPlan(id: id, config: config, listenerFDs: sockets.map { $0[id] }, wakeupFD: pipes[id].receive,

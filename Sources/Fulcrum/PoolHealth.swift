@@ -69,14 +69,17 @@ final class PoolHealth {
     }
 
     /// A connection to `backend` was just reserved: a half-open breaker gives it one of its trials.
-    func picked(_ backend: Int, now: Microseconds) {
-        guard pool.resilience.breaker.enabled, breakers[backend].state == .halfOpen else { return }
+    func picked(_ backend: Int, now: Microseconds) -> Bool {
+        guard pool.resilience.breaker.enabled, breakers[backend].state == .halfOpen else { return false }
         _ = breakers[backend].admit(now: now)
         if !breakers[backend].wouldAdmit(now: now) { recompute(now: now) }
+        return true
     }
 
+    func noVerdict(backend: Int, trial: Bool, now: Microseconds) {}
+
     /// Feeds one connection outcome to the backend's breaker.
-    func record(_ outcome: CircuitBreaker.Outcome, backend: Int, now: Microseconds) {
+    func record(_ outcome: CircuitBreaker.Outcome, backend: Int, trial: Bool, now: Microseconds) {
         guard pool.resilience.breaker.enabled else { return }
         let before = breakers[backend].state
         guard breakers[backend].record(outcome, now: now) else { return }

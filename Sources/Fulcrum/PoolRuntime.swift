@@ -7,9 +7,12 @@ final class PoolShared: @unchecked Sendable {
     let counters: SharedBackendCounters
     /// Active-check results, when the pool has health checks.
     let health: SharedHealth?
+    /// The process-wide arrival order of the clients waiting for a slot.
+    let order: SharedQueueOrder
 
-    init(pool: FulcrumConfig.Pool) {
+    init(pool: FulcrumConfig.Pool, workers: Int) {
         counters = SharedBackendCounters(capacity: max(1, pool.backends.count))
+        order = SharedQueueOrder(workers: workers)
         health = pool.resilience.health.map { _ in SharedHealth(count: pool.backends.count, initial: .unknown) }
     }
 }
@@ -24,6 +27,9 @@ final class PoolRuntime {
     let relayOptions: RelayOptions
     let connectTimeoutMicroseconds: Int64
     let maxAttempts: Int
+    let lifecycleSettings: ConnectionLifecycle.Settings
+    let hedgeAfterMicroseconds: Int64
+    let order: SharedQueueOrder
     let hashKey: HashKey?
     let health: PoolHealth
     /// Sessions waiting for a backend slot, oldest first.
@@ -51,11 +57,13 @@ final class PoolRuntime {
         relayOptions = RelayOptions(highWatermark: bufferSize, idleTimeoutMicroseconds: config.idleTimeout.microseconds,
                                     measureLatency: strategy.measuresLatency,
                                     replayLimit: config.resilience.replayMaxBytes ?? 0,
-                                    firstByteTimeoutMicroseconds: config.resilience.firstByteTimeout?.microseconds ?? 0,
-                                    hedgeAfterMicroseconds: config.resilience.hedgeAfter?.microseconds ?? 0)
+                                    firstByteTimeoutMicroseconds: config.resilience.firstByteTimeout?.microseconds ?? 0)
         health = PoolHealth(pool: config, shared: shared.health, seed: StableHash.mix(seed ^ 0xB4EA), logger: logger)
         connectTimeoutMicroseconds = config.connectTimeout.microseconds
         maxAttempts = config.retries + 1
+        hedgeAfterMicroseconds = config.resilience.hedgeAfter?.microseconds ?? 0
+        lifecycleSettings = ConnectionLifecycle.Settings(maxAttempts: maxAttempts, hedging: hedgeAfterMicroseconds > 0)
+        order = shared.order
         hashKey = strategy.hashKey
         waiting = WaitQueue(capacity: config.queue.size, timeout: config.queue.timeout.microseconds)
     }

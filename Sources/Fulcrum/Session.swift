@@ -2,243 +2,330 @@ import EventLoop
 import FulcrumCore
 import Logging
 
-/// Drives one client from accept to close: asks the pool's balancer for a backend, retries connect
-/// failures on backends not yet tried (within the pool's retry budget), replays kept client bytes when a
-/// backend fails before answering, waits in the pool's queue when every backend is at its limit, feeds
-/// every outcome to the backend's breaker, and gives the backend's slot back when the relay ends.
-/// Receives only per-connection events.
-final class Session: RelayDelegate {
+/// Drives one client from accept to close by performing what its `ConnectionLifecycle` decides: picks
+/// (within the retry budget), connects through one or two `Connector`s, hands the winning socket to the
+/// `Relay` byte pump, waits in the pool's queue, replays, and accounts every attempt: the breaker verdict
+/// and the slot release that each settlement names. Receives only per-connection events.
+final class Session: RelayDelegate, ConnectorDelegate {
+    typealias Lifecycle = ConnectionLifecycle
+
     unowned let worker: Worker
     let pool: PoolRuntime
     let clientHash: UInt64
     private(set) var relay: Relay?
+    private var lifecycle: Lifecycle
     private var tried = TriedBackends()
-    private var attempts = 0
-    /// The backend whose slot this session holds, or -1.
-    private(set) var backend = -1
-    private var connectStarted: Int64 = 0
+    private var connectors: (Connector?, Connector?) = (nil, nil)
+    private var connectStarted: (Int64, Int64) = (0, 0)
     private var lastError: String?
-    private(set) var isWaiting = false
-    /// A retry already granted by the budget (for a replay) and not yet used.
-    private var retryGranted = false
-    /// The backend of a racing hedge connect whose slot this session also holds, or -1.
-    private var hedgeBackend = -1
+    /// Waiting in the worker's queue for `pool`.
+    var queued = false
+    private var finished = false
 
     init(worker: Worker, pool: PoolRuntime, clientHash: UInt64) {
         self.worker = worker
         self.pool = pool
         self.clientHash = clientHash
+        lifecycle = Lifecycle(settings: pool.lifecycleSettings)
     }
+
+    /// The backend this client's bytes are relayed to, once connected.
+    var upstreamBackend: Int? { lifecycle.state == .forwarding ? lifecycle.backend : nil }
+    var isWaiting: Bool { lifecycle.isWaiting }
 
     func start(_ relay: Relay) {
         self.relay = relay
-        pool.health.retryBudget.recordRequest(now: worker.base.cachedMicroseconds)
-        connectNext()
+        pool.health.retryBudget.recordRequest(now: worker.now)
+        drive(.accepted)
     }
 
-    /// Connects to the next backend the balancer offers; queues the client when every backend is full,
-    /// closes it when none is left. Returns false if the session is (still) waiting in the queue.
-    @discardableResult
-    func connectNext() -> Bool {
-        guard let relay else { return true }
-        while true {
-            guard attempts < pool.maxAttempts else { return giveUp("no backend available") }
-            let now = worker.base.cachedMicroseconds
-            if attempts > 0 && !retryGranted && !pool.health.retryBudget.tryRetry(now: now) {
-                return giveUp("retry budget exhausted, not retrying")
+    /// Feeds one event to the lifecycle and performs its decisions until none asks for more.
+    func drive(_ event: Lifecycle.Event) {
+        var next: Lifecycle.Event? = event
+        while let event = next {
+            let decision = lifecycle.handle(event)
+            settle(decision.first)
+            settle(decision.second)
+            next = perform(decision.action)
+        }
+    }
+
+    // MARK: - Decisions
+
+    private func settle(_ settlement: Lifecycle.Settlement?) {
+        guard let settlement else { return }
+        let now = worker.now
+        switch settlement.verdict {
+        case .outcome(let outcome)?:
+            pool.health.record(outcome, backend: settlement.backend, trial: settlement.trial, now: now)
+        case .noVerdict?:
+            pool.health.noVerdict(backend: settlement.backend, trial: settlement.trial, now: now)
+        case nil:
+            break
+        }
+        if settlement.releasesSlot { worker.release(pool, backend: settlement.backend) }
+    }
+
+    private func perform(_ action: Lifecycle.Action) -> Lifecycle.Event? {
+        switch action {
+        case .none, .proceed, .replay:
+            // `.replay` and `.proceed` are the answers `relayUpstreamFailed` returns to the relay.
+            return nil
+        case .pick(let retry):
+            return pick(retry: retry, hedge: false)
+        case .pickHedge:
+            return pick(retry: true, hedge: true)
+        case .connect(let leg, let backend):
+            return connect(leg, backend: backend)
+        case .enqueue:
+            guard worker.enqueue(self) else { return .queueFull }
+            // Picked `.full` just before this client was published as waiting: if it is the oldest waiter
+            // of the process, pick once more so that a slot freed in between is not missed.
+            return worker.isOldestWaiter(self) ? .slotFreed : nil
+        case .attach(let leg):
+            attach(leg)
+            return nil
+        case .close(let ending):
+            close(ending)
+            return nil
+        case .finish:
+            finish()
+            return nil
+        }
+    }
+
+    private func pick(retry: Bool, hedge: Bool) -> Lifecycle.Event {
+        let now = worker.now
+        if retry && !pool.health.retryBudget.canRetry(now: now) {
+            if !hedge {
+                lastError = "retry budget exhausted"
             }
-            retryGranted = false
-            switch pool.balancer.pick(tried: tried, context: PickContext(clientHash: clientHash, now: now)) {
-            case .backend(let index):
-                leaveQueue()
-                attempts += 1
-                tried.insert(index)
-                backend = index
-                connectStarted = now
-                pool.health.picked(index, now: now)
-                guard let error = relay.connect(to: pool.endpoints[index], timeoutMicroseconds: pool.connectTimeoutMicroseconds) else {
-                    return true
-                }
-                connectFailed(error)
-            case .full:
-                return waitInQueue()
-            case .unavailable:
-                return giveUp("no backend available")
+            return .retryDenied
+        }
+        // While others wait for a slot, a new client queues behind them instead of taking one first.
+        if !hedge && lifecycle.state == .picking && worker.othersWaiting(pool) { return .picked(.full) }
+        switch pool.balancer.pick(tried: tried, context: PickContext(clientHash: clientHash, now: now)) {
+        case .backend(let backend):
+            if retry { pool.health.retryBudget.spend(now: now) }
+            tried.insert(backend)
+            let trial = pool.health.picked(backend, now: now)
+            return .picked(.backend(backend, trial: trial))
+        case .full:
+            return .picked(.full)
+        case .unavailable:
+            return .picked(.unavailable)
+        }
+    }
+
+    private func connect(_ leg: Lifecycle.Leg, backend: Int) -> Lifecycle.Event? {
+        if queued { worker.dequeue(self) }
+        let now = worker.now
+        let connector = connector(leg)
+        if leg == .primary { connectStarted.0 = now } else { connectStarted.1 = now }
+        if leg == .hedge {
+            worker.stats.hedges += 1
+            worker.logger.info("connect is slow, racing a second backend", metadata: [
+                "pool": "\(pool.config.name)", "slow": "\(lifecycle.backend.map { address($0) } ?? "-")",
+                "hedge": "\(address(backend))",
+            ])
+        }
+        let slowAfter = leg == .primary ? pool.hedgeAfterMicroseconds : 0
+        guard let error = connector.start(pool.endpoints[backend], timeoutMicroseconds: pool.connectTimeoutMicroseconds,
+                                          slowAfterMicroseconds: slowAfter) else { return nil }
+        connectFailed(leg, backend: backend, error)
+        return .connectFailed(leg, Self.failure(error))
+    }
+
+    private func connector(_ leg: Lifecycle.Leg) -> Connector {
+        if let existing = leg == .primary ? connectors.0 : connectors.1 { return existing }
+        let connector = worker.takeConnector(leg: leg.rawValue)
+        connector.delegate = self
+        if leg == .primary { connectors.0 = connector } else { connectors.1 = connector }
+        return connector
+    }
+
+    private func attach(_ leg: Lifecycle.Leg) {
+        let (winner, loser) = leg == .primary ? (connectors.0, connectors.1) : (connectors.1, connectors.0)
+        loser?.cancel()
+        guard let winner, let relay else { return }
+        relay.attach(upstream: winner.takeSocket())
+    }
+
+    private func close(_ ending: Lifecycle.Ending) {
+        cancelConnects()
+        if queued { worker.dequeue(self) }
+        let why: String
+        switch ending {
+        case .noBackend: why = "no backend available"
+        case .queueFull: why = "every backend is at max_connections and the queue is full (\(pool.config.queue.size))"
+        case .queueTimeout: why = "queue timeout: no backend slot freed within \(pool.config.queue.timeout.configText)"
+        case .retryBudget: why = "retry budget exhausted, not retrying"
+        case .localError: why = "this proxy is out of a local resource (descriptors or ports)"
+        default: why = ""
+        }
+        if !why.isEmpty {
+            worker.logger.error("\(why), closing the client", metadata: [
+                "pool": "\(pool.config.name)", "attempts": "\(lifecycle.attempts)", "last_error": "\(lastError ?? "none")",
+            ])
+            worker.stats.clientsRefused += 1
+        }
+        relay?.close(Self.closeReason(ending))
+    }
+
+    /// The pump has ended (or never started): account and let go of everything.
+    private func finish() {
+        guard !finished else { return }
+        finished = true
+        cancelConnects()
+        if queued { worker.dequeue(self) }
+        for connector in [connectors.0, connectors.1] {
+            if let connector { worker.giveBack(connector) }
+        }
+        connectors = (nil, nil)
+        if let relay {
+            worker.stats.bytesFromClients &+= relay.bytesFromClient
+            worker.stats.bytesToClients &+= relay.bytesToClient
+        }
+        relay = nil
+        worker.relayEnded()
+    }
+
+    private func cancelConnects() {
+        connectors.0?.cancel()
+        connectors.1?.cancel()
+    }
+
+    // MARK: - Connector events
+
+    func connectorFinished(_ connector: Connector, error: ConnectError?) {
+        let leg = Lifecycle.Leg(rawValue: connector.leg) ?? .primary
+        if let error {
+            if let backend = leg == .primary ? lifecycle.backend : lifecycle.hedgeBackend {
+                connectFailed(leg, backend: backend, error)
             }
-        }
-    }
-
-    private func giveUp(_ why: String) -> Bool {
-        worker.logger.error("\(why) for client, closing it", metadata: [
-            "pool": "\(pool.config.name)", "attempts": "\(attempts)", "last_error": "\(lastError ?? "none")",
-        ])
-        worker.stats.clientsRefused += 1
-        relay?.close(.noUpstream)
-        return true
-    }
-
-    // MARK: - Queue
-
-    private func waitInQueue() -> Bool {
-        if isWaiting { return false }
-        guard worker.enqueue(self) else {
-            return giveUp("every backend is at max_connections and the queue is full (\(pool.config.queue.size))")
-        }
-        isWaiting = true
-        return false
-    }
-
-    /// The session waited `queue.timeout` without a slot freeing up.
-    func queueTimedOut() {
-        isWaiting = false
-        worker.logger.error("queue timeout: no backend slot freed in time, closing client", metadata: [
-            "pool": "\(pool.config.name)", "waited": "\(pool.config.queue.timeout.configText)",
-        ])
-        worker.stats.clientsRefused += 1
-        relay?.close(.noUpstream)
-    }
-
-    /// Leaves the queue (served or closed).
-    func leaveQueue() {
-        guard isWaiting else { return }
-        isWaiting = false
-        worker.dequeue(self)
-    }
-
-    // MARK: - Outcomes
-
-    private func releaseSlot() {
-        guard backend >= 0 else { return }
-        pool.balancer.release(backend)
-        backend = -1
-        worker.slotFreed(pool)
-    }
-
-    /// A connect attempt failed: feed the breaker, log, give the slot back.
-    private func connectFailed(_ error: ConnectError) {
-        let index = backend
-        let outcome: CircuitBreaker.Outcome = error == .timedOut ? .connectTimeout : .connectRefused
-        pool.health.record(outcome, backend: index, now: worker.base.cachedMicroseconds)
-        note("connect to backend failed", String(describing: error), backend: index)
-        releaseSlot()
-    }
-
-    private func note(_ what: String, _ reason: String, backend index: Int, retrying: Bool? = nil) {
-        lastError = reason
-        worker.stats.connectFailures += 1
-        let more = retrying ?? (attempts < pool.maxAttempts)
-        worker.logger.warning("\(what)\(more ? ", retrying on another backend" : "")", metadata: [
-            "pool": "\(pool.config.name)", "backend": "\(pool.config.backends[index].address)",
-            "reason": "\(reason)", "attempt": "\(attempts)/\(pool.maxAttempts)",
-        ])
-    }
-
-    func relayConnected(_ relay: Relay) {
-        if pool.relayOptions.measureLatency, backend >= 0 {
-            let now = worker.base.cachedMicroseconds
-            pool.balancer.observe(latency: now - connectStarted, backend: backend, now: now)
-        }
-    }
-
-    func relayConnectFailed(_ relay: Relay, error: ConnectError) {
-        if backend >= 0 { connectFailed(error) }
-        connectNext()
-    }
-
-    // MARK: - Hedged connects
-
-    /// The connect is slow: race one to another backend, if attempts and the retry budget allow.
-    func relayWantsHedge(_ relay: Relay) {
-        let now = worker.base.cachedMicroseconds
-        guard attempts < pool.maxAttempts, pool.health.retryBudget.tryRetry(now: now) else { return }
-        guard case .backend(let index) = pool.balancer.pick(tried: tried, context: PickContext(clientHash: clientHash, now: now)) else {
+            drive(.connectFailed(leg, Self.failure(error)))
             return
         }
-        attempts += 1
-        tried.insert(index)
-        hedgeBackend = index
-        pool.health.picked(index, now: now)
-        worker.stats.hedges += 1
-        worker.logger.info("connect is slow, racing a second backend", metadata: [
-            "pool": "\(pool.config.name)", "slow": "\(pool.config.backends[backend].address)",
-            "hedge": "\(pool.config.backends[index].address)",
-        ])
-        if let error = relay.connectHedge(to: pool.endpoints[index], timeoutMicroseconds: pool.connectTimeoutMicroseconds) {
-            relayHedge(relay, .hedgeFailed(error))
+        if pool.relayOptions.measureLatency, let backend = leg == .primary ? lifecycle.backend : lifecycle.hedgeBackend {
+            let now = worker.now
+            pool.balancer.observe(latency: now - (leg == .primary ? connectStarted.0 : connectStarted.1), backend: backend, now: now)
         }
+        drive(.connected(leg))
+        // Not attached (the client ended meanwhile): drop the socket.
+        if connector.isPending { connector.cancel() }
     }
 
-    func relayHedge(_ relay: Relay, _ event: HedgeEvent) {
-        switch event {
-        case .primaryFailed(let error):
-            connectFailed(error)
-        case .hedgeWon:
-            // The slow first connect was abandoned, not failed: give its slot back without blaming it.
-            if backend >= 0 {
-                pool.balancer.release(backend)
-                worker.slotFreed(pool)
-            }
-            backend = hedgeBackend
-            hedgeBackend = -1
-        case .hedgeFailed(let error):
-            guard hedgeBackend >= 0 else { return }
-            let index = hedgeBackend
-            hedgeBackend = -1
-            let outcome: CircuitBreaker.Outcome = error == .timedOut ? .connectTimeout : .connectRefused
-            pool.health.record(outcome, backend: index, now: worker.base.cachedMicroseconds)
-            note("hedged connect failed", String(describing: error), backend: index, retrying: false)
-            pool.balancer.release(index)
-            worker.slotFreed(pool)
-        case .hedgeCancelled:
-            guard hedgeBackend >= 0 else { return }
-            pool.balancer.release(hedgeBackend)
-            hedgeBackend = -1
-            worker.slotFreed(pool)
-        }
+    func connectorSlow(_ connector: Connector) {
+        drive(.hedgeDue)
     }
+
+    private func connectFailed(_ leg: Lifecycle.Leg, backend: Int, _ error: ConnectError) {
+        lastError = error.description
+        if error.isLocal {
+            worker.logger.error("cannot open a connection to a backend: out of a local resource; the backend is not blamed", metadata: [
+                "pool": "\(pool.config.name)", "backend": "\(address(backend))", "reason": "\(error)",
+            ])
+            return
+        }
+        worker.stats.connectFailures += 1
+        let more = leg == .primary && lifecycle.attempts < pool.maxAttempts
+        worker.logger.warning("\(leg == .hedge ? "hedged connect" : "connect to backend") failed\(more ? ", retrying on another backend" : "")", metadata: [
+            "pool": "\(pool.config.name)", "backend": "\(address(backend))",
+            "reason": "\(error)", "attempt": "\(lifecycle.attempts)/\(pool.maxAttempts)",
+        ])
+    }
+
+    // MARK: - Relay events
 
     func relayFirstByte(_ relay: Relay) {
-        if backend >= 0 { pool.health.record(.success, backend: backend, now: worker.base.cachedMicroseconds) }
+        drive(.firstByte)
     }
 
-    func relayUpstreamFailed(_ relay: Relay, _ failure: UpstreamFailure, canReplay: Bool) -> Bool {
-        guard backend >= 0 else { return false }
-        let outcome: CircuitBreaker.Outcome = failure == .firstByteTimeout ? .firstByteTimeout : .resetBeforeFirstByte
-        pool.health.record(outcome, backend: backend, now: worker.base.cachedMicroseconds)
-        guard canReplay else { return false }
-        guard attempts < pool.maxAttempts else { return false }
-        guard pool.health.retryBudget.tryRetry(now: worker.base.cachedMicroseconds) else {
-            note("backend failed before answering; retry budget exhausted, not replaying", failure.description,
-                 backend: backend, retrying: false)
-            return false
+    func relayUpstreamFailed(_ relay: Relay, _ failure: UpstreamFailure) -> UpstreamFailureResponse {
+        let backend = lifecycle.backend
+        let now = worker.now
+        let kept = relay.canReplay
+        let budget = kept && pool.health.retryBudget.canRetry(now: now)
+        let clientFinished = relay.clientFinished
+        drive(.upstreamFailed(Self.failure(failure), clientFinished: clientFinished, canReplay: budget))
+        let replaying = lifecycle.state == .replaying
+        if let backend, !(failure == .closed && clientFinished) {
+            lastError = failure.description
+            let what: String
+            if replaying {
+                what = "backend failed before answering, replaying the request"
+                worker.stats.replays += 1
+            } else if kept && !budget {
+                what = "backend failed before answering; retry budget exhausted, not replaying"
+            } else if failure == .firstByteTimeout {
+                what = "backend sent nothing within first_byte_timeout, closing the client"
+            } else {
+                what = "backend failed before answering"
+            }
+            worker.logger.warning("\(what)", metadata: [
+                "pool": "\(pool.config.name)", "backend": "\(address(backend))", "reason": "\(failure)",
+                "attempt": "\(lifecycle.attempts)/\(pool.maxAttempts)",
+            ])
         }
-        retryGranted = true
-        note("backend failed before answering, replaying the request", failure.description, backend: backend, retrying: false)
-        worker.stats.replays += 1
-        return true
+        return replaying ? .replay : .proceed
     }
 
     func relayDetached(_ relay: Relay) {
-        releaseSlot()
-        connectNext()
+        drive(.detached)
     }
 
     func relayMeasured(_ relay: Relay, latency: Int64) {
-        if backend >= 0 {
-            pool.balancer.observe(latency: latency, backend: backend, now: worker.base.cachedMicroseconds)
+        if let backend = lifecycle.backend {
+            pool.balancer.observe(latency: latency, backend: backend, now: worker.now)
         }
     }
 
     func relayClosed(_ relay: Relay, reason: RelayCloseReason) {
-        leaveQueue()
-        releaseSlot()
-        if hedgeBackend >= 0 {
-            pool.balancer.release(hedgeBackend)
-            hedgeBackend = -1
+        drive(.ended(Self.ending(reason)))
+    }
+
+    // MARK: - Mapping
+
+    private func address(_ backend: Int) -> String { "\(pool.config.backends[backend].address)" }
+
+    static func failure(_ error: ConnectError) -> Lifecycle.ConnectFailure {
+        switch error {
+        case .refused, .failed: return .refused
+        case .timedOut: return .timedOut
+        case .unreachable: return .unreachable
+        case .local: return .local
         }
-        worker.stats.bytesFromClients &+= relay.bytesFromClient
-        worker.stats.bytesToClients &+= relay.bytesToClient
-        self.relay = nil
-        worker.relayEnded()
+    }
+
+    static func failure(_ failure: UpstreamFailure) -> Lifecycle.UpstreamFailure {
+        switch failure {
+        case .closed: return .closed
+        case .reset: return .reset
+        case .firstByteTimeout: return .firstByteTimeout
+        }
+    }
+
+    static func ending(_ reason: RelayCloseReason) -> Lifecycle.Ending {
+        switch reason {
+        case .completed: return .completed
+        case .clientError: return .clientError
+        case .upstreamError: return .upstreamError
+        case .idleTimeout: return .idleTimeout
+        case .backendDown: return .backendDown
+        case .noUpstream: return .noBackend
+        case .shutdown: return .shutdown
+        }
+    }
+
+    static func closeReason(_ ending: Lifecycle.Ending) -> RelayCloseReason {
+        switch ending {
+        case .completed: return .completed
+        case .clientError: return .clientError(0)
+        case .upstreamError: return .upstreamError(0)
+        case .idleTimeout: return .idleTimeout
+        case .backendDown: return .backendDown
+        case .shutdown: return .shutdown
+        case .noBackend, .queueFull, .queueTimeout, .retryBudget, .localError: return .noUpstream
+        }
     }
 }

@@ -57,6 +57,7 @@ final class Worker {
     private var breakerTimer: Timer?
     private var draining = false
     private var servingQueues = false
+    private var spareConnectors: [Connector] = []
 
     init(plan: WorkerPlan) {
         self.plan = plan
@@ -100,6 +101,7 @@ final class Worker {
         base.run()
         relays.closeAll(.shutdown)
         for pool in pools { pool.queueTimer = nil }
+        spareConnectors.removeAll()
         listeners.removeAll()
         drainTimer = nil
         slowStartTimer = nil
@@ -125,13 +127,46 @@ final class Worker {
         if draining && relays.count == 0 { base.exit() }
     }
 
-    // MARK: - Queues
+    /// The loop's current time in microseconds.
+    var now: Int64 { base.cachedMicroseconds }
 
-    /// Puts a session at the back of its pool's queue; false when the queue is full.
+    // MARK: - Connectors
+
+    /// A connector for a session's connect, reused from earlier sessions when one is spare.
+    func takeConnector(leg: Int) -> Connector {
+        if leg == 0, let spare = spareConnectors.popLast() { return spare }
+        return Connector(base: base, leg: leg)
+    }
+
+    /// Takes back a session's connector (idle) for later sessions.
+    func giveBack(_ connector: Connector) {
+        connector.delegate = nil
+        if connector.leg == 0 && spareConnectors.count < 256 { spareConnectors.append(connector) }
+    }
+
+    // MARK: - Slots and queues
+
+    /// Gives a backend slot back and hands it to the oldest waiting client of the process, if any.
+    func release(_ pool: PoolRuntime, backend: Int) {
+        pool.balancer.release(backend)
+        pool.order.slotReleased()
+        if pool.order.waiting > 0 { serveOldest(pool) }
+    }
+
+    /// Whether clients of `pool` wait anywhere in the process.
+    func othersWaiting(_ pool: PoolRuntime) -> Bool { pool.order.waiting > 0 }
+
+    /// Whether `session` is the oldest waiting client of its pool in the whole process.
+    func isOldestWaiter(_ session: Session) -> Bool {
+        session.pool.waiting.first === session && session.pool.order.oldest() == id
+    }
+
+    /// Puts a session at the back of its pool's queue with the next process-wide ticket; false when full.
     func enqueue(_ session: Session) -> Bool {
         let pool = session.pool
-        guard pool.waiting.push(session, now: base.cachedMicroseconds) else { return false }
-        pool.balancer.shared.waiting.wrappingAdd(1, ordering: .relaxed)
+        guard pool.waiting.push(session, now: now, ticket: pool.order.takeTicket()) else { return false }
+        session.queued = true
+        pool.order.update(worker: id, head: pool.waiting.firstTicket, delta: 1)
         if pool.waiting.count == 1 { armQueueTimer(pool) }
         return true
     }
@@ -140,7 +175,8 @@ final class Worker {
     func dequeue(_ session: Session) {
         let pool = session.pool
         if pool.waiting.first === session { pool.waiting.popFirst() } else { pool.waiting.remove(session) }
-        pool.balancer.shared.waiting.wrappingSubtract(1, ordering: .relaxed)
+        session.queued = false
+        pool.order.update(worker: id, head: pool.waiting.firstTicket, delta: -1)
         armQueueTimer(pool)
     }
 
@@ -152,37 +188,46 @@ final class Worker {
         if pool.queueTimer == nil {
             pool.queueTimer = Timer(base: base) { [unowned self, unowned pool] in self.expireQueue(pool) }
         }
-        pool.queueTimer?.schedule(after: deadline - base.cachedMicroseconds)
+        pool.queueTimer?.schedule(after: max(0, deadline - now))
     }
 
     private func expireQueue(_ pool: PoolRuntime) {
-        let expired = pool.waiting.expire(now: base.cachedMicroseconds)
-        pool.balancer.shared.waiting.wrappingSubtract(expired.count, ordering: .relaxed)
-        for session in expired { session.queueTimedOut() }
+        let expired = pool.waiting.expire(now: now)
+        pool.order.update(worker: id, head: pool.waiting.firstTicket, delta: -expired.count)
+        for session in expired {
+            session.queued = false
+            session.drive(.queueTimedOut)
+        }
         armQueueTimer(pool)
+        // A slot may be free for the next oldest waiter while a wakeup meant for these went nowhere.
+        if !expired.isEmpty && pool.order.waiting > 0 { serveOldest(pool) }
     }
 
-    /// A connection slot of `pool` was given back: serve this worker's waiting clients, and wake the other
-    /// workers if any of theirs are waiting too.
-    func slotFreed(_ pool: PoolRuntime) {
-        if !pool.waiting.isEmpty { serveQueue(pool) }
-        if pool.balancer.shared.waiting.load(ordering: .relaxed) > pool.waiting.count {
-            for (index, sender) in plan.allWorkers.enumerated() where index != id {
-                sender.send(WorkerCommand.serveQueues.rawValue)
-            }
+    /// Serves this worker's queue if it holds the process's oldest waiter; otherwise wakes the worker that does.
+    private func serveOldest(_ pool: PoolRuntime) {
+        guard let oldest = pool.order.oldest() else { return }
+        if oldest == id {
+            serveQueue(pool)
+        } else {
+            plan.allWorkers[oldest].send(WorkerCommand.serveQueues.rawValue)
         }
     }
 
-    /// Hands free slots to waiting clients in arrival order until the pool is full again.
+    /// Hands free slots to waiting clients in process-wide arrival order until the pool is full again.
     func serveQueue(_ pool: PoolRuntime) {
         guard !servingQueues else { return }
         servingQueues = true
         defer { servingQueues = false }
-        // A session that is still refused stays at the head with its original deadline.
         while let session = pool.waiting.first {
-            guard session.connectNext() else { break }
-            // Served or closed: either way it has left the queue.
-            if pool.waiting.first === session { dequeue(session) }
+            guard let oldest = pool.order.oldest() else { break }
+            if oldest != id {
+                // An older client waits in another worker: the slot is its.
+                plan.allWorkers[oldest].send(WorkerCommand.serveQueues.rawValue)
+                break
+            }
+            session.drive(.slotFreed)
+            // Still refused: it stays at the head with its original deadline.
+            if session.isWaiting { break }
         }
     }
 
@@ -198,7 +243,7 @@ final class Worker {
             for backend in wentDown {
                 let closed = relays.close(.backendDown) { delegate in
                     guard let session = delegate as? Session else { return false }
-                    return session.pool === pool && session.backend == backend
+                    return session.pool === pool && session.upstreamBackend == backend
                 }
                 if closed > 0 {
                     logger.warning("closed connections of a backend marked down", metadata: [

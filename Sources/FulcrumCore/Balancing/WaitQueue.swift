@@ -1,9 +1,10 @@
 /// A bounded first-in, first-out queue of clients waiting for a backend slot, each with the same timeout,
-/// so deadlines come in arrival order and one timer at the head's deadline serves the whole queue.
+/// so deadlines come in arrival order and one timer at the head's deadline serves the whole queue. Each
+/// element carries its process-wide arrival ticket (see `SharedQueueOrder`).
 public struct WaitQueue<Element: AnyObject> {
     public let capacity: Int
     public let timeout: Microseconds
-    private var items: [(element: Element, deadline: Microseconds)] = []
+    private var items: [(element: Element, deadline: Microseconds, ticket: UInt64)] = []
     private var head = 0
 
     public init(capacity: Int, timeout: Microseconds) {
@@ -18,11 +19,14 @@ public struct WaitQueue<Element: AnyObject> {
     public var nextDeadline: Microseconds? { isEmpty ? nil : items[head].deadline }
 
     /// Appends `element`, due to time out at `now + timeout`; false when the queue is full.
-    public mutating func push(_ element: Element, now: Microseconds) -> Bool {
+    public mutating func push(_ element: Element, now: Microseconds, ticket: UInt64 = 0) -> Bool {
         guard count < capacity else { return false }
-        items.append((element, now + timeout))
+        items.append((element, now + timeout, ticket))
         return true
     }
+
+    /// The arrival ticket of the oldest waiting element, or `UInt64.max` when empty.
+    public var firstTicket: UInt64 { isEmpty ? .max : items[head].ticket }
 
     /// The oldest waiting element, left in place.
     public var first: Element? { isEmpty ? nil : items[head].element }

@@ -21,6 +21,13 @@ public struct RetryBudget: Sendable {
 
     /// Asks to spend one retry; true (and counted) if the budget allows it.
     public mutating func tryRetry(now: Microseconds) -> Bool {
+        guard canRetry(now: now) else { return false }
+        spend(now: now)
+        return true
+    }
+
+    /// Whether one more retry would fit in the budget now; spends nothing.
+    public func canRetry(now: Microseconds) -> Bool {
         let oldest = now / 1_000_000 - Int64(buckets.count) + 1
         var requests = 0, retries = 0
         for b in buckets where b.second >= oldest {
@@ -28,9 +35,12 @@ public struct RetryBudget: Sendable {
             retries += b.retries
         }
         let allowed = Double(minPerSecond * buckets.count) + ratio * Double(requests)
-        guard Double(retries + 1) <= allowed else { return false }
+        return Double(retries + 1) <= allowed
+    }
+
+    /// Counts one retry that `canRetry` allowed.
+    public mutating func spend(now: Microseconds) {
         buckets[slot(now)].retries += 1
-        return true
     }
 
     /// The bucket for `now`'s second, emptied first if it last held an older second.
