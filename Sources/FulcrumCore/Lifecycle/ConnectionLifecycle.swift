@@ -230,6 +230,7 @@ public struct ConnectionLifecycle: Sendable {
         case (.forwarding, .firstByte):
             guard !answered, let attempt = legs.0 else { return Decision(.none) }
             answered = true
+            guard !attempt.verdictGiven else { return Decision(.none) }
             legs.0?.verdictGiven = true
             return Decision(.none, Settlement(backend: attempt.backend, trial: attempt.trial,
                                               verdict: .outcome(.success), releasesSlot: false))
