@@ -99,6 +99,19 @@ public final class TestSocket: @unchecked Sendable {
 
     public func shutdownWrite() { shutdown(fd, Int32(SHUT_WR)) }
 
+    /// Closes with a reset (SO_LINGER 0) instead of a FIN, as a crashing client would.
+    public func reset() {
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        close()
+    }
+
+    /// Waits up to `timeout` seconds for bytes (or end-of-file) to be readable.
+    public func isReadable(within timeout: Double) -> Bool {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&entry, 1, Int32(timeout * 1000)) == 1
+    }
+
     public func close() {
         guard !closed else { return }
         closed = true

@@ -1,0 +1,127 @@
+import Foundation
+import FulcrumTestSupport
+import Glibc
+import Testing
+
+/// How each way a connection can end is accounted: who is blamed, what is given back, who is served next.
+extension Integration {
+    @Suite(.serialized, .timeLimit(.minutes(2)))
+    struct ConnectionEndingTests {
+        /// Load balancers' TCP checks and fire-and-forget clients connect and close without a byte. The
+        /// backend closing in turn is its answer to the client's end-of-file, not a failure.
+        @Test func clientsThatConnectAndCloseDoNotEjectHealthyBackends() throws {
+            let a = try TestBackend(.named("a")), b = try TestBackend(.named("b"))
+            let proxy = try FulcrumProcess(config: strategyConfig(balance: "round_robin", backends: [
+                "127.0.0.1:\(a.port)", "127.0.0.1:\(b.port)"], poolExtra: "    breaker: {consecutive_failures: 3}"))
+            let port = proxy.port("front")
+            for _ in 0..<40 { try TestSocket.connect(port: port).close() }
+            let deadline = Date().addingTimeInterval(10)
+            while a.accepted + b.accepted < 40 && Date() < deadline { usleep(10_000) }
+            #expect(a.accepted + b.accepted == 40)
+            var counts: [String: Int] = [:]
+            for _ in 0..<40 { counts[try askName(port: port), default: 0] += 1 }
+            #expect(counts["a", default: 0] >= 15 && counts["b", default: 0] >= 15, "\(counts)")
+            #expect(proxy.logCount(containing: "breaker opened") == 0)
+        }
+
+        /// A half-open trial whose client resets before the backend answered gives no verdict, and the
+        /// trial goes back: the backend is tried again instead of staying out of rotation for good.
+        @Test func aTrialEndedByTheClientIsGivenBack() throws {
+            let a = try TestBackend(.named("a"))
+            let b = try BackendProcess("b", mode: "reset")
+            let proxy = try FulcrumProcess(config: strategyConfig(balance: "round_robin", backends: [
+                "127.0.0.1:\(a.port)", "127.0.0.1:\(b.port)"], poolExtra: """
+                    health: {check: tcp, interval: 100ms, timeout: 300ms, rise: 1, fall: 1, jitter: 0%}
+                    breaker: {consecutive_failures: 2, base_ejection: 1m, jitter: 0%}
+                """))
+            try proxy.waitForLog(containing: "backend up", count: 2)
+            let port = proxy.port("front")
+            for _ in 0..<10 where proxy.logCount(containing: "breaker opened") == 0 { _ = try? askName(port: port) }
+            try proxy.waitForLog(containing: "breaker opened")
+            // The next passing check moves the breaker to half-open: one trial at a time.
+            usleep(400_000)
+            for _ in 0..<4 {
+                let client = try TestSocket.connect(port: port)
+                usleep(20_000)
+                client.reset()
+            }
+            // b recovers: a healthy process on the same port.
+            b.kill9()
+            let healthy = try BackendProcess("b", port: b.port)
+            usleep(400_000)
+            var counts: [String: Int] = [:]
+            for _ in 0..<30 { counts[(try? askName(port: port)) ?? "failed", default: 0] += 1 }
+            #expect(counts["b", default: 0] >= 5, "\(counts)")
+            withExtendedLifetime(healthy) {}
+        }
+
+        /// Out of descriptors, the proxy cannot open a backend socket: that is the proxy's problem, so the
+        /// client is closed with the reason and no backend is blamed.
+        @Test func runningOutOfDescriptorsBlamesNoBackend() throws {
+            let a = try TestBackend(.named("a")), b = try TestBackend(.named("b"))
+            let proxy = try FulcrumProcess(config: strategyConfig(balance: "round_robin", backends: [
+                "127.0.0.1:\(a.port)", "127.0.0.1:\(b.port)"],
+                poolExtra: "    breaker: {consecutive_failures: 1, base_ejection: 1m, max_ejection_percent: 100%}"))
+            let port = proxy.port("front")
+            let pid = proxy.process.processIdentifier
+            // Room for two proxied connections (two descriptors each) and one more accept.
+            try ProcessStats.setFileLimit(pid, ProcessStats.fileLimit(leaving: 5, pid))
+            var clients: [TestSocket] = []
+            var answered = 0
+            for _ in 0..<4 {
+                let client = try TestSocket.connect(port: port, timeout: 2)
+                try client.send("ping\n")
+                clients.append(client)
+                if (try? client.receiveLine())?.hasSuffix(":ping") == true { answered += 1 }
+            }
+            #expect(answered == 2, "two clients fit in the limit; the third was closed")
+            for client in clients { client.close() }
+            try ProcessStats.setFileLimit(pid, 4096)
+            var counts: [String: Int] = [:]
+            for _ in 0..<20 { counts[(try? askName(port: port)) ?? "failed", default: 0] += 1 }
+            #expect(counts["a"] == 10 && counts["b"] == 10, "\(counts)")
+            #expect(proxy.logCount(containing: "breaker opened") == 0)
+        }
+
+        /// With two workers and one slot, clients queued 40 ms apart are served in arrival order, whichever
+        /// worker accepted each.
+        @Test func queuedClientsAreServedInArrivalOrderAcrossWorkers() throws {
+            let a = try TestBackend(.named("a"))
+            let proxy = try FulcrumProcess(config: strategyConfig(balance: "round_robin", backends: [
+                "{address: 127.0.0.1:\(a.port), max_connections: 2}"], workers: 2,
+                poolExtra: "    queue: {size: 20, timeout: 10s}"))
+            let port = proxy.port("front")
+            var holders: [TestSocket] = []
+            for _ in 0..<2 {
+                let socket = try TestSocket.connect(port: port)
+                try socket.send("hold\n")
+                _ = try socket.receiveLine()
+                holders.append(socket)
+            }
+            var waiting: [TestSocket] = []
+            for _ in 0..<8 {
+                let socket = try TestSocket.connect(port: port)
+                try socket.send("ping\n")
+                waiting.append(socket)
+                usleep(40_000)
+            }
+            var order: [Int] = []
+            holders.removeFirst().close()
+            for _ in 0..<8 {
+                // Exactly one waiting client is served per freed slot: find it.
+                var served: Int?
+                let deadline = Date().addingTimeInterval(5)
+                while served == nil && Date() < deadline {
+                    for (i, socket) in waiting.enumerated() where !order.contains(i) && socket.isReadable(within: 0.005) {
+                        served = i
+                    }
+                }
+                guard let index = served else { break }
+                #expect(try waiting[index].receiveLine() == "a:ping")
+                order.append(index)
+                waiting[index].close()
+            }
+            #expect(order == Array(0..<8), "served in order \(order)")
+        }
+    }
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Instruction counts of the data path, which are repeatable where wall-clock figures are not: runs the
+# release binary (one worker) under callgrind in front of two Redis servers and reports
+#   - instructions per forwarded chunk in the relay's I/O callback (read, write, bookkeeping), and
+#   - instructions per proxied connection (accept to close, event loop included) for one PING each.
+#
+#   bench/callgrind.sh                    # builds the release binary first
+#   BIN=/path/to/fulcrum bench/callgrind.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REQUESTS=${REQUESTS:-20000}
+CONNECTIONS=${CONNECTIONS:-3000}
+OUT=bench/out/callgrind
+mkdir -p "$OUT"
+.ci/ensure-packages valgrind redis-server redis-tools libevent-dev pkg-config >/dev/null
+if [ -z "${BIN:-}" ]; then make --no-print-directory release >/dev/null; BIN=.build/release/fulcrum; fi
+
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+wait_port() {
+  for _ in $(seq 1 400); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "nothing listening on port $1" >&2; exit 1
+}
+for port in 16391 16392; do
+  redis-server --port "$port" --save '' --appendonly no --bind 127.0.0.1 >"$OUT/redis-$port.log" 2>&1 &
+  PIDS+=($!)
+done
+wait_port 16391; wait_port 16392
+
+run() { # name, then the load command
+  local name=$1; shift
+  cat >"$OUT/fulcrum.yaml" <<YAML
+workers: 1
+listeners:
+  - {name: redis, listen: 127.0.0.1:17091, pool: redis}
+pools:
+  redis:
+    backends: [127.0.0.1:16391, 127.0.0.1:16392]
+YAML
+  valgrind --tool=callgrind --callgrind-out-file="$OUT/$name.out" "$BIN" run --config "$OUT/fulcrum.yaml" \
+    --log-level warning >"$OUT/$name.log" 2>&1 &
+  local pid=$!
+  wait_port 17091
+  # The readiness probe above was one connection; so is the baseline below.
+  "$@" >/dev/null
+  kill -TERM "$pid"; wait "$pid" || true
+}
+
+total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'; }
+inclusive() { # file, symbol pattern
+  callgrind_annotate --inclusive=yes --threshold=100 "$1" 2>/dev/null | grep -m1 "$2" | awk '{ gsub(",", "", $1); print $1 }'
+}
+
+run idle redis-cli -p 17091 ping
+run rpc redis-benchmark -p 17091 -c 50 -n "$REQUESTS" -t get -q
+run conn redis-benchmark -p 17091 -c 10 -n "$CONNECTIONS" -k 0 -t ping_inline -q
+
+idle=$(total "$OUT/idle.out")
+relay=$(inclusive "$OUT/rpc.out" "relayIOCallback")
+rpc=$(total "$OUT/rpc.out")
+conn=$(total "$OUT/conn.out")
+# Each GET is two forwarded chunks: the request one way, the answer the other.
+echo "instructions per forwarded chunk (relay callback): $(( relay / (2 * REQUESTS) ))"
+echo "instructions per GET round trip (whole process):   $(( (rpc - idle) / REQUESTS ))"
+echo "instructions per proxied connection (one PING):    $(( (conn - idle) / CONNECTIONS ))"
