@@ -4,7 +4,7 @@
 #   docker run --rm -p 7000:7000 -v $PWD/my.yaml:/etc/fulcrum/fulcrum.yaml:ro fulcrum
 #
 # The configuration is read from /etc/fulcrum/fulcrum.yaml; listeners inside a container must listen on
-# 0.0.0.0 (or [::]) to be reachable through a published port.
+# 0.0.0.0 (or '[::]:PORT', quoted as YAML needs) to be reachable through a published port.
 
 # Build stage: the same `make release` that builds the binary outside containers.
 ARG SWIFT_VERSION=6.3

@@ -6,7 +6,8 @@ import FulcrumCore
 import Glibc
 #endif
 
-/// The human-readable plan `fulcrum check` prints: every value after defaults are applied.
+/// The human-readable plan `fulcrum check` prints: every value after defaults are applied, named as in the
+/// file, with "off" for what is not enabled.
 enum Plan {
     static func describe(_ config: FulcrumConfig) -> String {
         var lines: [String] = []
@@ -22,68 +23,125 @@ enum Plan {
         }
         for pool in config.pools {
             lines.append("")
-            let options = pool.balance.optionsText
-            lines.append("pool \(pool.name): balance \(pool.balance.name)\(options.isEmpty ? "" : " (\(options))"), "
-                + "connect_timeout \(pool.connectTimeout.configText), idle_timeout \(pool.idleTimeout.configText), "
-                + "retries \(pool.retries)")
-            var extras: [String] = []
-            if pool.slowStart > .zero { extras.append("slow_start \(pool.slowStart.configText)") }
-            if pool.backends.contains(where: { $0.maxConnections != nil }) {
-                extras.append("queue size \(pool.queue.size) per worker, timeout \(pool.queue.timeout.configText)")
-            }
-            if !extras.isEmpty { lines.append("  " + extras.joined(separator: ", ")) }
-            lines.append("  " + resilience(pool.resilience))
-            let primary = pool.backends.map(\.priority).min() ?? 0
-            let total = pool.backends.filter { $0.priority == primary }.reduce(0) { $0 + $1.weight }
-            for backend in pool.backends {
-                var line = "  \(backend.address)  weight \(backend.weight)"
-                if backend.priority == primary {
-                    let share = total > 0 ? Double(backend.weight) * 100 / Double(total) : 0
-                    line += "  (\(Int(share.rounded()))% of connections)"
-                } else {
-                    line += "  (backup, priority \(backend.priority))"
-                }
-                if let max = backend.maxConnections { line += "  max_connections \(max)" }
-                if backend.state != .enabled { line += "  state \(backend.state.rawValue)" }
-                lines.append(line)
-            }
+            lines += describe(pool)
             let users = config.listeners.filter { $0.pool == pool.name }.map(\.name)
             if users.isEmpty { lines.append("  note: no listener uses this pool") }
         }
         return lines.joined(separator: "\n")
     }
-}
 
-/// One line on health checks, breaker, retry budget and replay.
-private func resilience(_ r: FulcrumConfig.Pool.Resilience) -> String {
-    var parts: [String] = []
-    if let h = r.health {
+    static func describe(_ pool: FulcrumConfig.Pool) -> [String] {
+        let options = strategyOptions(pool.balance)
+        var lines = [
+            "pool \(pool.name): balance \(pool.balance.name)\(options.isEmpty ? "" : " (\(options))"), "
+                + "connect_timeout \(pool.connectTimeout.configText), idle_timeout \(pool.idleTimeout.configText), "
+                + "retries \(pool.retries)",
+            "  slow_start \(offOr(pool.slowStart > .zero ? pool.slowStart : nil)), "
+                + "queue size \(pool.queue.size) per worker, timeout \(pool.queue.timeout.configText), "
+                + "hedge_after \(offOr(pool.resilience.hedgeAfter))",
+        ]
+        let r = pool.resilience
+        lines.append("  " + health(r.health))
+        lines.append("  " + breaker(r.breaker))
+        lines.append("  retry_budget \(percent(r.retryBudgetRatio * 100)) + \(r.retryBudgetMinPerSecond)/s, "
+            + "replay \(r.replayMaxBytes.map { "up to \(sizeText($0))" } ?? "off"), "
+            + "first_byte_timeout \(offOr(r.firstByteTimeout)), on_backend_down \(r.onBackendDown.rawValue), "
+            + "panic_threshold \(r.panicThreshold > 0 ? percent(r.panicThreshold) : "off")")
+        lines += backends(pool.backends)
+        return lines
+    }
+
+    /// One line per backend. Shares are of the backend's own tier, over the backends that take traffic
+    /// (enabled); the lowest tier with one gets the connections, the others only when it has none eligible.
+    private static func backends(_ backends: [FulcrumConfig.Backend]) -> [String] {
+        let enabled = backends.filter { $0.state == .enabled }
+        let first = enabled.map(\.priority).min()
+        var lines: [String] = []
+        for backend in backends {
+            var line = "  \(backend.address)  weight \(backend.weight)"
+            if backend.state != .enabled {
+                line += "  (state \(backend.state.rawValue): no new connections)"
+            } else {
+                let total = enabled.filter { $0.priority == backend.priority }.reduce(0) { $0 + $1.weight }
+                let share = "\(Int((Double(backend.weight) * 100 / Double(total)).rounded()))% of connections"
+                if backend.priority == first {
+                    line += "  (\(share))"
+                } else {
+                    line += "  (backup, priority \(backend.priority): \(share) while no lower tier is eligible)"
+                }
+            }
+            if let max = backend.maxConnections { line += "  max_connections \(max)" }
+            lines.append(line)
+        }
+        if enabled.isEmpty { lines.append("  note: no backend is enabled, so every client is closed") }
+        return lines
+    }
+
+    private static func strategyOptions(_ balance: BalanceStrategy) -> String {
+        switch balance {
+        case .hash(let key, let factor):
+            return "key \(key.rawValue), hash_balance_factor \(factor.map { "\($0)" } ?? "off")"
+        default:
+            return balance.optionsText
+        }
+    }
+
+    private static func health(_ health: FulcrumConfig.Health?) -> String {
+        guard let h = health else { return "health off (no active checks)" }
         let check: String
         switch h.check {
-        case .tcp: check = "tcp"
-        case .sendExpect: check = "send_expect"
-        case .http(let path, _, _): check = "http GET \(path)"
+        case .tcp:
+            check = "tcp"
+        case .sendExpect(let send, let expect):
+            let expected: String
+            switch expect {
+            case .prefix(let bytes): expected = "expect \"\(escaped(bytes))\""
+            case .regex(let pattern): expected = "expect_regex \(pattern)"
+            }
+            check = "send_expect send \"\(escaped(send))\" \(expected)"
+        case .http(let path, let host, let statuses):
+            let codes = statuses.map { $0.count == 1 ? "\($0.lowerBound)" : "\($0.lowerBound)-\($0.upperBound)" }
+            check = "http GET \(path) host \(host ?? "(the backend's address)") status \(codes.joined(separator: ", "))"
         }
-        parts.append("health \(check) every \(h.interval.configText) (down: \(h.downInterval.configText)), timeout "
-            + "\(h.timeout.configText), rise \(h.rise), fall \(h.fall)")
-    } else {
-        parts.append("no active health checks")
+        return "health \(check) every \(h.interval.configText) (down: \(h.downInterval.configText), "
+            + "jitter \(percent(h.jitter * 100))), timeout \(h.timeout.configText), rise \(h.rise), fall \(h.fall), "
+            + "assume_healthy \(h.assumeHealthy)"
     }
-    if r.breaker.enabled {
-        let s = r.breaker.settings
-        parts.append("breaker after \(s.consecutiveFailures) failures"
-            + (s.failureRatio.map { " or \(Int($0 * 100))% of \(s.minRequests)+" } ?? "")
-            + ", ejection \(Duration.microseconds(s.baseEjection).configText)..\(Duration.microseconds(s.maxEjection).configText)"
-            + ", max \(Int(r.breaker.maxEjectionPercent))% ejected")
-    } else {
-        parts.append("breaker off")
+
+    private static func breaker(_ breaker: FulcrumConfig.Breaker) -> String {
+        guard breaker.enabled else { return "breaker off" }
+        let s = breaker.settings
+        let ratio = s.failureRatio.map {
+            " or failure_ratio \(percent($0 * 100)) of \(s.minRequests)+ in \(Duration.microseconds(s.window).configText)"
+        } ?? ", failure_ratio off"
+        return "breaker after \(s.consecutiveFailures) failures in a row\(ratio), "
+            + "ejection \(Duration.microseconds(s.baseEjection).configText)..\(Duration.microseconds(s.maxEjection).configText)"
+            + " + up to \(percent(s.jitter * 100)) jitter, half_open_trials \(s.halfOpenTrials), "
+            + "max_ejection_percent \(percent(breaker.maxEjectionPercent))"
     }
-    parts.append("retry budget \(Int(r.retryBudgetRatio * 100))% + \(r.retryBudgetMinPerSecond)/s")
-    if r.panicThreshold > 0 { parts.append("panic below \(Int(r.panicThreshold))% healthy") }
-    if let replay = r.replayMaxBytes { parts.append("replay up to \(sizeText(replay))") }
-    if let timeout = r.firstByteTimeout { parts.append("first_byte_timeout \(timeout.configText)") }
-    if r.onBackendDown == .close { parts.append("on_backend_down close") }
-    return parts.joined(separator: "; ")
+
+    private static func offOr(_ duration: Duration?) -> String { duration?.configText ?? "off" }
+
+    /// `20%`, `12.5%`.
+    private static func percent(_ value: Double) -> String {
+        value == value.rounded() ? "\(Int(value))%" : "\((value * 10).rounded() / 10)%"
+    }
+
+    /// Bytes as the file writes them: printable ASCII as is, `\r \n \t \0 \\ \"` and `\xHH` for the rest.
+    private static func escaped(_ bytes: [UInt8]) -> String {
+        bytes.map { byte in
+            switch byte {
+            case 13: return "\\r"
+            case 10: return "\\n"
+            case 9: return "\\t"
+            case 0: return "\\0"
+            case UInt8(ascii: "\\"): return "\\\\"
+            case UInt8(ascii: "\""): return "\\\""
+            case 32..<127: return String(UnicodeScalar(byte))
+            default: return "\\x" + (byte < 16 ? "0" : "") + String(byte, radix: 16)
+            }
+        }.joined()
+    }
 }
 
 func printError(_ text: String) {

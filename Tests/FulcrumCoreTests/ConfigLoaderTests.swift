@@ -214,6 +214,109 @@ pools:
         #expect(found.first?.hint?.contains("an integer from 1 to 1000") == true)
     }
 
+    @Test func theWeightErrorOffersTheDisabledState() {
+        let found = diagnostics("""
+        listeners: [{name: a, listen: 127.0.0.1:7000, pool: app}]
+        pools:
+          app:
+            backends: [{address: 127.0.0.1:9001, weight: 0}]
+        """)
+        #expect(found.map(\.line) == [4])
+        #expect(found.first?.hint == "use an integer from 1 to 1000; to take a backend out of rotation, "
+            + "set state: disabled or drain, or remove it")
+    }
+
+    // MARK: - IPv6 addresses written without quotes
+
+    /// `[::1]:7000` unquoted is a YAML syntax error: YAML reads `[` as the start of a list.
+    @Test(arguments: [
+        ("  - {name: a, listen: [::1]:7000, pool: app}", "write listen: '[::1]:7000'"),
+        ("  - name: a\n    listen: [::1]:7000\n    pool: app", "write listen: '[::1]:7000'"),
+        ("  - name: a\n    listen: [2001:db8::1]:7000\n    pool: app", "write listen: '[2001:db8::1]:7000'"),
+        ("  - name: a\n    listen: [::ffff:10.0.0.1]:7000\n    pool: app", "write listen: '[::ffff:10.0.0.1]:7000'"),
+    ])
+    func anUnquotedIPv6ListenAddressSaysToQuoteIt(listener: String, hint: String) throws {
+        let found = diagnostics("listeners:\n\(listener)\n\(onePool)")
+        let d = try #require(found.first)
+        #expect(found.count == 1)
+        #expect(d.line == (listener.hasPrefix("  - {") ? 2 : 3))
+        #expect(d.message == "an IPv6 address must be quoted, or YAML reads its brackets as a list")
+        #expect(d.hint == hint)
+    }
+
+    @Test func anUnquotedIPv6BackendSaysToQuoteIt() throws {
+        let found = diagnostics("""
+        listeners: [{name: a, listen: 127.0.0.1:7000, pool: app}]
+        pools:
+          app:
+            backends:
+              - 127.0.0.1:9001
+              - address: [::1]:9002
+        """)
+        #expect(found.map(\.line) == [6])
+        #expect(found.first?.hint == "write address: '[::1]:9002'")
+    }
+
+    /// Without a port the brackets parse as a one-item list; the error still says to quote the address.
+    @Test func anUnquotedIPv6AddressThatParsesAsAListSaysToQuoteIt() throws {
+        let found = diagnostics("""
+        listeners:
+          - name: a
+            listen: [2001:db8::1]
+            pool: app
+        pools:
+          app:
+            backends:
+              - [2001:db8::2]
+              - {address: [fe80::1]}
+        """)
+        #expect(found.map(\.line) == [3, 8, 9])
+        #expect(found.allSatisfy { $0.message == "an IPv6 address must be quoted, or YAML reads its brackets as a list" })
+        #expect(found.map(\.hint) == ["write it as '[2001:db8::1]:PORT'", "write it as '[2001:db8::2]:PORT'",
+                                       "write it as '[fe80::1]:PORT'"])
+        #expect(found.map(\.keyPath) == ["listeners[0].listen", "pools.app.backends[0]", "pools.app.backends[1].address"])
+    }
+
+    @Test func quotedIPv6AddressesLoad() throws {
+        let config = try ConfigLoader.load(text: """
+        listeners: [{name: a, listen: '[::1]:7000', pool: app}]
+        pools:
+          app:
+            backends: ['[::1]:9001', {address: "[2001:db8::1]:9002"}]
+        """, file: "v6.yaml")
+        #expect(config.listeners[0].address.description == "[::1]:7000")
+        #expect(config.pools[0].backends.map(\.address.description) == ["[::1]:9001", "[2001:db8::1]:9002"])
+    }
+
+    // MARK: - Syntax errors keep their line
+
+    @Test func aDuplicatedKeyNamesTheSecondOccurrence() {
+        let found = diagnostics("""
+        listeners: [{name: a, listen: 127.0.0.1:7000, pool: app}]
+        pools:
+          app:
+            backends: [127.0.0.1:9001]
+            retries: 1
+            idle_timeout: 1m
+            retries: 2
+        """)
+        #expect(found.map(\.line) == [7])
+        #expect(found.first?.message == "key 'retries' appears twice in one mapping")
+        #expect(found.first?.hint == "keep one of them (the first is on line 5)")
+    }
+
+    @Test func nestingPastTheParserLimitIsASyntaxErrorOnItsLine() {
+        let found = diagnostics("listeners: []\npools: " + String(repeating: "[", count: 5000) + String(repeating: "]", count: 5000))
+        #expect(found.map(\.line) == [2])
+        #expect(found.first?.message == "YAML syntax error: nested deeper than 1000 levels")
+    }
+
+    @Test func aControlCharacterNamesItsLine() {
+        let found = diagnostics("listeners: []\npools:\n  app: {backends: [127.0.0.1:9001]}\n  bad: \u{7}\n")
+        #expect(found.map(\.line) == [4])
+        #expect(found.first?.message.hasPrefix("YAML syntax error") == true)
+    }
+
     @Test func everyErrorIsReportedAtOnceInFileOrder() {
         let found = diagnostics("""
         workers: many

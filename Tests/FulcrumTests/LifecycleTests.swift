@@ -84,6 +84,48 @@ extension Integration {
             #expect(output.contains("connect_timeout 1s, idle_timeout 10m, retries 2"))
         }
 
+        @Test func checkPrintsEveryValueAfterDefaults() throws {
+            let dir = try TemporaryDirectory()
+            let path = try dir.write("plan.yaml", """
+            listeners:
+              - {name: front, listen: '[::1]:7000', pool: app}
+            pools:
+              app:
+                backends:
+                  - {address: 127.0.0.1:9001, weight: 3}
+                  - {address: 127.0.0.1:9002}
+                  - {address: 127.0.0.1:9003, state: drain}
+                  - {address: 127.0.0.1:9004, state: disabled, weight: 4}
+                  - {address: 127.0.0.1:9005, backup: true}
+                hedge_after: 50ms
+                health: {check: http, path: /healthz}
+              quiet:
+                backends: [127.0.0.1:9101]
+            """)
+            let (status, output) = try runFulcrum(["check", "--config", path])
+            #expect(status == 0, "\(output)")
+            let lines = output.split(separator: "\n").map(String.init)
+            func line(_ prefix: String) -> String? { lines.first { $0.hasPrefix(prefix) } }
+            // Defaults are printed, with "off" for what is not on: queue and hedge_after even without limits.
+            #expect(line("  slow_start") == "  slow_start off, queue size 1024 per worker, timeout 5s, hedge_after 50ms")
+            #expect(line("  health http") == "  health http GET /healthz host (the backend's address) status 200-399 "
+                + "every 2s (down: 2s, jitter 10%), timeout 1s, rise 2, fall 3, assume_healthy false")
+            #expect(line("  retry_budget") == "  retry_budget 20% + 10/s, replay off, first_byte_timeout off, "
+                + "on_backend_down keep, panic_threshold off")
+            #expect(line("  breaker") == "  breaker after 5 failures in a row, failure_ratio off, ejection 10s..5m "
+                + "+ up to 10% jitter, half_open_trials 1, max_ejection_percent 50%")
+            // Shares are over the enabled backends of each tier; drain and disabled backends get none.
+            #expect(line("  127.0.0.1:9001") == "  127.0.0.1:9001  weight 3  (75% of connections)")
+            #expect(line("  127.0.0.1:9002") == "  127.0.0.1:9002  weight 1  (25% of connections)")
+            #expect(line("  127.0.0.1:9003") == "  127.0.0.1:9003  weight 1  (state drain: no new connections)")
+            #expect(line("  127.0.0.1:9004") == "  127.0.0.1:9004  weight 4  (state disabled: no new connections)")
+            #expect(line("  127.0.0.1:9005") == "  127.0.0.1:9005  weight 1  "
+                + "(backup, priority 1: 100% of connections while no lower tier is eligible)")
+            // A pool without hedge_after or health still names them.
+            #expect(lines.contains("  slow_start off, queue size 1024 per worker, timeout 5s, hedge_after off"))
+            #expect(lines.contains("  health off (no active checks)"))
+        }
+
         @Test func checkRejectsABadFileWithEveryErrorAndExitsOne() throws {
             let dir = try TemporaryDirectory()
             let path = try dir.write("bad.yaml", """

@@ -17,23 +17,22 @@ extension ConfigLoader {
         }
         if let node = f["retry_budget"], let b = r.fields(node, f.path("retry_budget"), known: ["ratio", "min_per_second"]) {
             if let node = b["ratio"], let value = r.percent(node, b.path("ratio")) { result.retryBudgetRatio = value / 100 }
-            if let node = b["min_per_second"], let value = r.integer(node, b.path("min_per_second"), in: 0...1_000_000) {
+            if let node = b["min_per_second"],
+               let value = r.integer(node, b.path("min_per_second"), in: ConfigLimits.retryBudgetMinPerSecond) {
                 result.retryBudgetMinPerSecond = value
             }
         }
         if let node = f["replay"], let p = r.fields(node, f.path("replay"), known: ["max_bytes"]) {
-            if let node = p["max_bytes"], let size = r.size(node, p.path("max_bytes")) {
-                if size < 1 || size > (16 << 20) {
-                    r.report(node, p.path("max_bytes"), "\(sizeText(size)) is out of range", hint: "use a size from 1 to 16MiB, e.g. 64KiB")
-                } else {
-                    result.replayMaxBytes = size
-                }
-            } else if p["max_bytes"] == nil {
+            if let node = p["max_bytes"] {
+                result.replayMaxBytes = r.size(node, p.path("max_bytes"), in: ConfigLimits.replayMaxBytes)
+            } else {
                 result.replayMaxBytes = 64 << 10
             }
         }
-        result.firstByteTimeout = f["first_byte_timeout"].flatMap { r.positiveDuration($0, f.path("first_byte_timeout")) }
-        result.hedgeAfter = f["hedge_after"].flatMap { r.positiveDuration($0, f.path("hedge_after")) }
+        result.firstByteTimeout = f["first_byte_timeout"].flatMap {
+            r.duration($0, f.path("first_byte_timeout"), in: ConfigLimits.timeout)
+        }
+        result.hedgeAfter = f["hedge_after"].flatMap { r.duration($0, f.path("hedge_after"), in: ConfigLimits.timeout) }
         if let node = f["on_backend_down"], let text = r.scalar(node, f.path("on_backend_down"), expecting: "keep or close") {
             if let value = FulcrumConfig.OnBackendDown(rawValue: text) {
                 result.onBackendDown = value
@@ -47,14 +46,19 @@ extension ConfigLoader {
     private static func buildHealth(_ node: Node, _ path: String, _ r: inout YAMLReader) -> FulcrumConfig.Health? {
         guard let h = r.fields(node, path, known: healthKeys) else { return nil }
         var health = FulcrumConfig.Health()
-        if let node = h["interval"], let value = r.positiveDuration(node, h.path("interval")) {
+        if let node = h["interval"], let value = r.duration(node, h.path("interval"), in: ConfigLimits.healthInterval) {
             health.interval = value
             health.downInterval = value
         }
-        if let node = h["down_interval"], let value = r.positiveDuration(node, h.path("down_interval")) { health.downInterval = value }
-        if let node = h["timeout"], let value = r.positiveDuration(node, h.path("timeout")) { health.timeout = value }
-        health.rise = h["rise"].flatMap { r.integer($0, h.path("rise"), in: 1...100) } ?? health.rise
-        health.fall = h["fall"].flatMap { r.integer($0, h.path("fall"), in: 1...100) } ?? health.fall
+        if let node = h["down_interval"],
+           let value = r.duration(node, h.path("down_interval"), in: ConfigLimits.healthInterval) {
+            health.downInterval = value
+        }
+        if let node = h["timeout"], let value = r.duration(node, h.path("timeout"), in: ConfigLimits.timeout) {
+            health.timeout = value
+        }
+        health.rise = h["rise"].flatMap { r.integer($0, h.path("rise"), in: ConfigLimits.riseFall) } ?? health.rise
+        health.fall = h["fall"].flatMap { r.integer($0, h.path("fall"), in: ConfigLimits.riseFall) } ?? health.fall
         if let node = h["jitter"], let value = r.percent(node, h.path("jitter")) {
             if value > 50 {
                 r.report(node, h.path("jitter"), "jitter above 50% is not useful", hint: "use e.g. 10%")
@@ -127,8 +131,9 @@ extension ConfigLoader {
         guard let b = r.fields(node, path, known: breakerKeys) else { return breaker }
         if let node = b["enabled"], let value = r.boolean(node, b.path("enabled")) { breaker.enabled = value }
         var s = breaker.settings
-        s.consecutiveFailures = b["consecutive_failures"].flatMap { r.integer($0, b.path("consecutive_failures"), in: 1...10_000) }
-            ?? s.consecutiveFailures
+        s.consecutiveFailures = b["consecutive_failures"].flatMap {
+            r.integer($0, b.path("consecutive_failures"), in: ConfigLimits.consecutiveFailures)
+        } ?? s.consecutiveFailures
         if let node = b["failure_ratio"], let value = r.percent(node, b.path("failure_ratio")) {
             if value <= 0 {
                 r.report(node, b.path("failure_ratio"), "must be above 0%", hint: "use e.g. 50%")
@@ -136,19 +141,24 @@ extension ConfigLoader {
                 s.failureRatio = value / 100
             }
         }
-        s.minRequests = b["min_requests"].flatMap { r.integer($0, b.path("min_requests"), in: 1...1_000_000) } ?? s.minRequests
-        if let node = b["window"], let value = r.positiveDuration(node, b.path("window")) { s.window = value.inMicroseconds }
-        if let node = b["base_ejection"], let value = r.positiveDuration(node, b.path("base_ejection")) {
+        s.minRequests = b["min_requests"].flatMap { r.integer($0, b.path("min_requests"), in: ConfigLimits.minRequests) }
+            ?? s.minRequests
+        if let node = b["window"], let value = r.duration(node, b.path("window"), in: ConfigLimits.breakerWindow) {
+            s.window = value.inMicroseconds
+        }
+        if let node = b["base_ejection"], let value = r.duration(node, b.path("base_ejection"), in: ConfigLimits.baseEjection) {
             s.baseEjection = value.inMicroseconds
         }
-        if let node = b["max_ejection"], let value = r.positiveDuration(node, b.path("max_ejection")) {
+        if let node = b["max_ejection"], let value = r.duration(node, b.path("max_ejection"), in: ConfigLimits.maxEjection) {
             s.maxEjection = value.inMicroseconds
         }
         if s.maxEjection < s.baseEjection {
             r.report(b["max_ejection"] ?? b.node, b.path("max_ejection"), "max_ejection is shorter than base_ejection",
                      hint: "make max_ejection at least base_ejection (\(Duration.microseconds(s.baseEjection).configText))")
         }
-        s.halfOpenTrials = b["half_open_trials"].flatMap { r.integer($0, b.path("half_open_trials"), in: 1...1000) } ?? s.halfOpenTrials
+        s.halfOpenTrials = b["half_open_trials"].flatMap {
+            r.integer($0, b.path("half_open_trials"), in: ConfigLimits.halfOpenTrials)
+        } ?? s.halfOpenTrials
         if let node = b["jitter"], let value = r.percent(node, b.path("jitter")) { s.jitter = value / 100 }
         if let node = b["max_ejection_percent"], let value = r.percent(node, b.path("max_ejection_percent")) {
             breaker.maxEjectionPercent = value

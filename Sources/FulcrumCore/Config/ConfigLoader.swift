@@ -22,7 +22,7 @@ public enum ConfigLoader {
         } catch let error as ConfigError {
             throw error
         } catch {
-            throw ConfigError([syntaxDiagnostic(error, file: file)])
+            throw ConfigError([syntaxDiagnostic(error, text: text, file: file)])
         }
 
         let config = build(root, &reader)
@@ -36,23 +36,19 @@ public enum ConfigLoader {
         var workers = FulcrumConfig.Workers.auto
         if let node = top["workers"] {
             if let text = r.scalar(node, "workers", expecting: "auto or a number of threads"), text != "auto" {
-                if let n = Int(text), (1...1024).contains(n) {
+                let range = ConfigLimits.workers
+                if let n = Int(text), range.contains(n) {
                     workers = .count(n)
                 } else {
                     r.report(node, "workers", "'\(text)' is not a worker count",
-                             hint: "use auto (one per CPU core) or a number from 1 to 1024")
+                             hint: "use auto (one per CPU core) or a number from \(range.lowerBound) to \(range.upperBound)")
                 }
             }
         }
-        let drain = top["drain_timeout"].flatMap { r.duration($0, "drain_timeout") } ?? FulcrumConfig.defaultDrainTimeout
-        var bufferSize = FulcrumConfig.defaultBufferSize
-        if let node = top["buffer_size"], let size = r.size(node, "buffer_size") {
-            if size < 4096 || size > (64 << 20) {
-                r.report(node, "buffer_size", "\(sizeText(size)) is out of range", hint: "use a size from 4KiB to 64MiB")
-            } else {
-                bufferSize = size
-            }
-        }
+        let drain = top["drain_timeout"].flatMap { r.duration($0, "drain_timeout", in: ConfigLimits.drainTimeout) }
+            ?? FulcrumConfig.defaultDrainTimeout
+        let bufferSize = top["buffer_size"].flatMap { r.size($0, "buffer_size", in: ConfigLimits.bufferSize) }
+            ?? FulcrumConfig.defaultBufferSize
 
         let pools = buildPools(top, &r)
         let listeners = buildListeners(top, pools: pools, &r)
@@ -80,7 +76,7 @@ public enum ConfigLoader {
             let name = required(f, "name", &r) { r, n in r.scalar(n, f.path("name"), expecting: "a listener name") }
             let address = required(f, "listen", &r) { r, n in r.address(n, f.path("listen"), allowPortZero: true) }
             let poolName = required(f, "pool", &r) { r, n in r.scalar(n, f.path("pool"), expecting: "a pool name") }
-            let backlog = f["backlog"].flatMap { r.integer($0, f.path("backlog"), in: 1...65535) }
+            let backlog = f["backlog"].flatMap { r.integer($0, f.path("backlog"), in: ConfigLimits.backlog) }
                 ?? FulcrumConfig.Listener.defaultBacklog
 
             if let name, let line = namesSeen[name] {
@@ -134,17 +130,19 @@ public enum ConfigLoader {
         let path = "pools.\(name)"
         guard let f = r.fields(node, path, known: poolKeys) else { return nil }
         let balance = f["balance"].flatMap { buildBalance($0, f.path("balance"), &r) } ?? .roundRobin
-        let connectTimeout = f["connect_timeout"].flatMap { r.positiveDuration($0, f.path("connect_timeout")) }
+        let connectTimeout = f["connect_timeout"].flatMap { r.duration($0, f.path("connect_timeout"), in: ConfigLimits.timeout) }
             ?? FulcrumConfig.Pool.defaultConnectTimeout
-        let idleTimeout = f["idle_timeout"].flatMap { r.positiveDuration($0, f.path("idle_timeout")) }
+        let idleTimeout = f["idle_timeout"].flatMap { r.duration($0, f.path("idle_timeout"), in: ConfigLimits.idleTimeout) }
             ?? FulcrumConfig.Pool.defaultIdleTimeout
-        let retries = f["retries"].flatMap { r.integer($0, f.path("retries"), in: 0...100) }
+        let retries = f["retries"].flatMap { r.integer($0, f.path("retries"), in: ConfigLimits.retries) }
             ?? FulcrumConfig.Pool.defaultRetries
-        let slowStart = f["slow_start"].flatMap { r.duration($0, f.path("slow_start")) } ?? .zero
+        let slowStart = f["slow_start"].flatMap { r.duration($0, f.path("slow_start"), in: ConfigLimits.slowStart) } ?? .zero
         var queue = FulcrumConfig.Queue()
         if let node = f["queue"], let q = r.fields(node, f.path("queue"), known: queueKeys) {
-            queue.size = q["size"].flatMap { r.integer($0, q.path("size"), in: 0...1_000_000) } ?? queue.size
-            if let node = q["timeout"], let value = r.positiveDuration(node, q.path("timeout")) { queue.timeout = value }
+            queue.size = q["size"].flatMap { r.integer($0, q.path("size"), in: ConfigLimits.queueSize) } ?? queue.size
+            if let node = q["timeout"], let value = r.duration(node, q.path("timeout"), in: ConfigLimits.timeout) {
+                queue.timeout = value
+            }
         }
 
         var backends: [FulcrumConfig.Backend] = []
@@ -159,6 +157,11 @@ public enum ConfigLoader {
                      hint: "without a limit every connection goes to the first backend; set max_connections on each")
         }
         let resilience = buildResilience(f, &r)
+        if let hedge = resilience.hedgeAfter, hedge >= connectTimeout, let node = f["hedge_after"] {
+            r.report(node, f.path("hedge_after"), "hedge_after \(hedge.configText) is not shorter than connect_timeout "
+                     + "\(connectTimeout.configText), so no hedge would ever start",
+                     hint: "use a hedge_after below connect_timeout, e.g. 50ms, or remove it")
+        }
         return FulcrumConfig.Pool(name: name, backends: backends, balance: balance, connectTimeout: connectTimeout,
                                   idleTimeout: idleTimeout, retries: retries, slowStart: slowStart, queue: queue,
                                   resilience: resilience)
@@ -175,6 +178,11 @@ public enum ConfigLoader {
         for (index, item) in items.enumerated() {
             let itemPath = "\(path)[\(index)]"
             let fields: Fields?
+            if let quoted = unquotedIPv6(item) {
+                r.report(item, itemPath, "an IPv6 address must be quoted, or YAML reads its brackets as a list",
+                         hint: "write it as \(quoted)")
+                continue
+            }
             if case .scalar = item {
                 // Shorthand: "- 127.0.0.1:6379".
                 var f = Fields(path: itemPath, node: item)
@@ -186,11 +194,13 @@ public enum ConfigLoader {
             guard let f = fields else { continue }
             let address = required(f, "address", &r) { r, n in r.address(n, f.path("address"), allowPortZero: false) }
             let weight = f["weight"].flatMap {
-                r.integer($0, f.path("weight"), in: 1...FulcrumConfig.Backend.maxWeight,
-                          note: "to take a backend out of rotation, remove it")
+                r.integer($0, f.path("weight"), in: ConfigLimits.weight,
+                          note: "to take a backend out of rotation, set state: disabled or drain, or remove it")
             } ?? 1
-            let maxConnections = f["max_connections"].flatMap { r.integer($0, f.path("max_connections"), in: 1...10_000_000) }
-            var priority = f["priority"].flatMap { r.integer($0, f.path("priority"), in: 0...100) } ?? 0
+            let maxConnections = f["max_connections"].flatMap {
+                r.integer($0, f.path("max_connections"), in: ConfigLimits.maxConnections)
+            }
+            var priority = f["priority"].flatMap { r.integer($0, f.path("priority"), in: ConfigLimits.priority) } ?? 0
             if let node = f["backup"], let backup = r.boolean(node, f.path("backup")), backup {
                 if f["priority"] != nil {
                     r.report(node, f.path("backup"), "use either backup or priority, not both",
@@ -259,12 +269,11 @@ public enum ConfigLoader {
         case "p2c": return .powerOfTwoChoices
         case "first": return .first
         case "peak_ewma":
-            let decay = fields?["decay"].flatMap { r.duration($0, "\(path).decay") } ?? BalanceStrategy.defaultEWMADecay
-            let latency = fields?["default_latency"].flatMap { r.duration($0, "\(path).default_latency") }
-                ?? BalanceStrategy.defaultEWMALatency
-            if decay <= .zero, let node = fields?["decay"] {
-                r.report(node, "\(path).decay", "must be greater than zero", hint: "use e.g. 10s")
-            }
+            let decay = fields?["decay"].flatMap { r.duration($0, "\(path).decay", in: ConfigLimits.ewmaDecay) }
+                ?? BalanceStrategy.defaultEWMADecay
+            let latency = fields?["default_latency"].flatMap {
+                r.duration($0, "\(path).default_latency", in: ConfigLimits.ewmaDefaultLatency)
+            } ?? BalanceStrategy.defaultEWMALatency
             return .peakEWMA(decay: decay, defaultLatency: latency)
         case "hash":
             var key = HashKey.ip
@@ -298,19 +307,5 @@ public enum ConfigLoader {
             return nil
         }
         return read(&r, node)
-    }
-
-    private static func syntaxDiagnostic(_ error: Error, file: String) -> ConfigDiagnostic {
-        if let yaml = error as? YamlError {
-            switch yaml {
-            case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _),
-                 .composer(_, let problem, let mark, _):
-                return ConfigDiagnostic(file: file, line: mark.line, keyPath: "", message: "YAML syntax error: \(problem)",
-                                        hint: "check indentation and quoting near this line")
-            default:
-                break
-            }
-        }
-        return ConfigDiagnostic(file: file, line: 0, keyPath: "", message: "YAML syntax error: \(error)")
     }
 }

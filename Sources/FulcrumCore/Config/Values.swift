@@ -9,10 +9,18 @@ import Darwin
 public enum ConfigValue {
     public static let durationHint = "a duration such as 250ms, 2s, 5m or 1h"
     public static let sizeHint = "a size in bytes such as 16384, 64KiB or 1MiB"
-    public static let addressHint = "an address such as 127.0.0.1:7000 or [::1]:7000 (IPv6 in brackets)"
+    public static let addressHint = "an address such as 127.0.0.1:7000 or '[::1]:7000' (IPv6 in brackets, quoted)"
+
+    public enum NumberProblem: Error, Equatable, Sendable {
+        case malformed
+        /// Well formed, but beyond what the value's type can hold.
+        case tooLarge
+    }
 
     /// `250ms`, `2s`, `1.5s`, `5m`, `1h`, `100us`. A bare number is rejected: the unit must be explicit.
-    public static func duration(_ text: String) -> Duration? {
+    public static func duration(_ text: String) -> Duration? { try? parseDuration(text).get() }
+
+    public static func parseDuration(_ text: String) -> Result<Duration, NumberProblem> {
         let units: [(suffix: String, nanos: Double)] = [
             ("ns", 1), ("us", 1e3), ("µs", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9), ("d", 86400e9),
         ]
@@ -20,29 +28,35 @@ public enum ConfigValue {
         for unit in units where trimmed.hasSuffix(unit.suffix) {
             let number = String(trimmed.dropLast(unit.suffix.count))
             // "ms" also ends with "s": only accept a suffix whose prefix is a plain number.
-            guard let value = Double(number), value >= 0, value.isFinite,
-                  number.allSatisfy({ $0.isNumber || $0 == "." }) else { continue }
+            guard let value = Double(number), value >= 0,
+                  number.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }) else { continue }
             let nanos = value * unit.nanos
-            guard nanos < 9.2e18 else { return nil }
-            return .nanoseconds(Int64(nanos.rounded()))
+            // Int64 nanoseconds end near 9.22e18 (292 years).
+            guard nanos.isFinite, nanos < 9.2e18 else { return .failure(.tooLarge) }
+            return .success(.nanoseconds(Int64(nanos.rounded())))
         }
-        return nil
+        return .failure(.malformed)
     }
 
     /// `16384`, `512B`, `64KiB`, `64KB` (also 1024), `1MiB`, `2GiB`.
-    public static func size(_ text: String) -> Int? {
+    public static func size(_ text: String) -> Int? { try? parseSize(text).get() }
+
+    public static func parseSize(_ text: String) -> Result<Int, NumberProblem> {
         let units: [(suffix: String, factor: Int)] = [
             ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30),
             ("KB", 1 << 10), ("MB", 1 << 20), ("GB", 1 << 30), ("k", 1 << 10), ("K", 1 << 10), ("M", 1 << 20), ("B", 1),
         ]
         let trimmed = text.trimmingSpaces
-        if let plain = Int(trimmed) { return plain >= 0 ? plain : nil }
-        for unit in units where trimmed.hasSuffix(unit.suffix) {
-            guard let value = Int(trimmed.dropLast(unit.suffix.count).trimmingSpaces), value >= 0 else { return nil }
-            let (result, overflow) = value.multipliedReportingOverflow(by: unit.factor)
-            return overflow ? nil : result
+        var digits = Substring(trimmed)
+        var factor = 1
+        if let unit = units.first(where: { trimmed.hasSuffix($0.suffix) }) {
+            digits = Substring(trimmed.dropLast(unit.suffix.count).trimmingSpaces)
+            factor = unit.factor
         }
-        return nil
+        guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }) else { return .failure(.malformed) }
+        guard let value = Int(digits) else { return .failure(.tooLarge) }
+        let (result, overflow) = value.multipliedReportingOverflow(by: factor)
+        return overflow ? .failure(.tooLarge) : .success(result)
     }
 
     public enum AddressProblem: Error, Equatable, Sendable {

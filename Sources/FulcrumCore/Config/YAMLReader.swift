@@ -55,29 +55,60 @@ struct YAMLReader {
         return Array(sequence)
     }
 
-    mutating func duration(_ node: Node, _ path: String) -> Duration? {
+    /// A duration within `range`. Zero is allowed only when the range starts at zero (where it means "off"
+    /// or "at once"); any other value below 1us is rejected, as timers would round it down to zero.
+    mutating func duration(_ node: Node, _ path: String, in range: ClosedRange<Duration>) -> Duration? {
         guard let text = scalar(node, path, expecting: ConfigValue.durationHint) else { return nil }
-        guard let value = ConfigValue.duration(text) else {
+        let allowed = "use a duration from \(range.configText)"
+        switch ConfigValue.parseDuration(text) {
+        case .failure(.malformed):
             report(node, path, "'\(text)' is not a duration", hint: "use \(ConfigValue.durationHint)")
             return nil
-        }
-        return value
-    }
-
-    mutating func size(_ node: Node, _ path: String) -> Int? {
-        guard let text = scalar(node, path, expecting: ConfigValue.sizeHint) else { return nil }
-        guard let value = ConfigValue.size(text) else {
-            report(node, path, "'\(text)' is not a size", hint: "use \(ConfigValue.sizeHint)")
+        case .failure(.tooLarge):
+            report(node, path, "'\(text)' is too long", hint: allowed)
+            return nil
+        case .success(let value):
+            if value == .zero && range.lowerBound > .zero {
+                report(node, path, "must be greater than zero", hint: allowed)
+            } else if value > .zero && value < ConfigLimits.resolution {
+                report(node, path, "'\(text)' is shorter than 1us, the finest time Fulcrum keeps",
+                       hint: range.lowerBound == .zero
+                           ? "use 0s or a duration from 1us to \(range.upperBound.configText)" : allowed)
+            } else if value < range.lowerBound {
+                report(node, path, "'\(text)' is too short", hint: allowed)
+            } else if value > range.upperBound {
+                report(node, path, "'\(text)' is too long", hint: allowed)
+            } else {
+                return value
+            }
             return nil
         }
-        return value
+    }
+
+    /// A size in bytes within `range`.
+    mutating func size(_ node: Node, _ path: String, in range: ClosedRange<Int>) -> Int? {
+        guard let text = scalar(node, path, expecting: ConfigValue.sizeHint) else { return nil }
+        let allowed = "use a size from \(sizeText(range.lowerBound)) to \(sizeText(range.upperBound))"
+        switch ConfigValue.parseSize(text) {
+        case .failure(.malformed):
+            report(node, path, "'\(text)' is not a size", hint: "use \(ConfigValue.sizeHint)")
+        case .failure(.tooLarge):
+            report(node, path, "'\(text)' is out of range", hint: allowed)
+        case .success(let value):
+            if range.contains(value) { return value }
+            report(node, path, "\(sizeText(value)) is out of range", hint: allowed)
+        }
+        return nil
     }
 
     mutating func integer(_ node: Node, _ path: String, in range: ClosedRange<Int>, note: String? = nil) -> Int? {
         let expected = "an integer from \(range.lowerBound) to \(range.upperBound)" + (note.map { "; \($0)" } ?? "")
         guard let text = scalar(node, path, expecting: expected) else { return nil }
         guard let value = Int(text) else {
-            report(node, path, "'\(text)' is not an integer", hint: "use \(expected)")
+            // Digits beyond what an Int holds are a number all the same: say it is out of range.
+            let digits = text.hasPrefix("-") || text.hasPrefix("+") ? text.dropFirst() : Substring(text)
+            let huge = !digits.isEmpty && digits.allSatisfy { $0.isASCII && $0.isNumber }
+            report(node, path, huge ? "'\(text)' is out of range" : "'\(text)' is not an integer", hint: "use \(expected)")
             return nil
         }
         guard range.contains(value) else {
@@ -98,15 +129,6 @@ struct YAMLReader {
         return value
     }
 
-    mutating func positiveDuration(_ node: Node, _ path: String) -> Duration? {
-        guard let value = duration(node, path) else { return nil }
-        guard value > .zero else {
-            report(node, path, "must be greater than zero", hint: "use e.g. 1s")
-            return nil
-        }
-        return value
-    }
-
     mutating func boolean(_ node: Node, _ path: String) -> Bool? {
         guard let text = scalar(node, path, expecting: "true or false") else { return nil }
         switch text.lowercased() {
@@ -119,6 +141,11 @@ struct YAMLReader {
     }
 
     mutating func address(_ node: Node, _ path: String, allowPortZero: Bool) -> SocketAddress? {
+        if let quoted = ConfigLoader.unquotedIPv6(node) {
+            report(node, path, "an IPv6 address must be quoted, or YAML reads its brackets as a list",
+                   hint: "write it as \(quoted)")
+            return nil
+        }
         guard let text = scalar(node, path, expecting: ConfigValue.addressHint) else { return nil }
         switch ConfigValue.address(text) {
         case .success(let address):
