@@ -10,7 +10,7 @@ import Testing
 /// Replay another run with FULCRUM_FUZZ_SEED=<n> (and FULCRUM_FUZZ_CASES=<n>); the seed is printed.
 @Suite struct ConfigFuzzTests {
     static let defaultSeed: UInt64 = 0xF0_1C_2025
-    static let defaultCases = 4000
+    static let defaultCases = 1500
 
     @Test func randomAndMutatedFilesNeverCrashAndEveryRejectionHasALine() {
         let environment = ProcessInfo.processInfo.environment
