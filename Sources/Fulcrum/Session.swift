@@ -23,6 +23,9 @@ final class Session: RelayDelegate {
     private var retryGranted = false
     /// The backend of a racing hedge connect whose slot this session also holds, or -1.
     private var hedgeBackend = -1
+    /// Whether the connection to `backend` (`hedgeBackend`) holds a half-open breaker trial not yet reported.
+    private var trial = false
+    private var hedgeTrial = false
 
     init(worker: Worker, pool: PoolRuntime, clientHash: UInt64) {
         self.worker = worker
@@ -55,7 +58,7 @@ final class Session: RelayDelegate {
                 tried.insert(index)
                 backend = index
                 connectStarted = now
-                pool.health.picked(index, now: now)
+                trial = pool.health.picked(index, now: now)
                 guard let error = relay.connect(to: pool.endpoints[index], timeoutMicroseconds: pool.connectTimeoutMicroseconds) else {
                     return true
                 }
@@ -109,6 +112,8 @@ final class Session: RelayDelegate {
 
     private func releaseSlot() {
         guard backend >= 0 else { return }
+        pool.health.noVerdict(backend: backend, trial: trial, now: worker.base.cachedMicroseconds)
+        trial = false
         pool.balancer.release(backend)
         backend = -1
         worker.slotFreed(pool)
@@ -118,7 +123,8 @@ final class Session: RelayDelegate {
     private func connectFailed(_ error: ConnectError) {
         let index = backend
         let outcome: CircuitBreaker.Outcome = error == .timedOut ? .connectTimeout : .connectRefused
-        pool.health.record(outcome, backend: index, now: worker.base.cachedMicroseconds)
+        pool.health.record(outcome, backend: index, trial: trial, now: worker.base.cachedMicroseconds)
+        trial = false
         note("connect to backend failed", String(describing: error), backend: index)
         releaseSlot()
     }
@@ -157,7 +163,7 @@ final class Session: RelayDelegate {
         attempts += 1
         tried.insert(index)
         hedgeBackend = index
-        pool.health.picked(index, now: now)
+        hedgeTrial = pool.health.picked(index, now: now)
         worker.stats.hedges += 1
         worker.logger.info("connect is slow, racing a second backend", metadata: [
             "pool": "\(pool.config.name)", "slow": "\(pool.config.backends[backend].address)",
@@ -175,22 +181,28 @@ final class Session: RelayDelegate {
         case .hedgeWon:
             // The slow first connect was abandoned, not failed: give its slot back without blaming it.
             if backend >= 0 {
+                pool.health.noVerdict(backend: backend, trial: trial, now: worker.base.cachedMicroseconds)
                 pool.balancer.release(backend)
                 worker.slotFreed(pool)
             }
             backend = hedgeBackend
+            trial = hedgeTrial
             hedgeBackend = -1
+            hedgeTrial = false
         case .hedgeFailed(let error):
             guard hedgeBackend >= 0 else { return }
             let index = hedgeBackend
             hedgeBackend = -1
             let outcome: CircuitBreaker.Outcome = error == .timedOut ? .connectTimeout : .connectRefused
-            pool.health.record(outcome, backend: index, now: worker.base.cachedMicroseconds)
+            pool.health.record(outcome, backend: index, trial: hedgeTrial, now: worker.base.cachedMicroseconds)
+            hedgeTrial = false
             note("hedged connect failed", String(describing: error), backend: index, retrying: false)
             pool.balancer.release(index)
             worker.slotFreed(pool)
         case .hedgeCancelled:
             guard hedgeBackend >= 0 else { return }
+            pool.health.noVerdict(backend: hedgeBackend, trial: hedgeTrial, now: worker.base.cachedMicroseconds)
+            hedgeTrial = false
             pool.balancer.release(hedgeBackend)
             hedgeBackend = -1
             worker.slotFreed(pool)
@@ -198,13 +210,17 @@ final class Session: RelayDelegate {
     }
 
     func relayFirstByte(_ relay: Relay) {
-        if backend >= 0 { pool.health.record(.success, backend: backend, now: worker.base.cachedMicroseconds) }
+        if backend >= 0 {
+            pool.health.record(.success, backend: backend, trial: trial, now: worker.base.cachedMicroseconds)
+            trial = false
+        }
     }
 
     func relayUpstreamFailed(_ relay: Relay, _ failure: UpstreamFailure, canReplay: Bool) -> Bool {
         guard backend >= 0 else { return false }
         let outcome: CircuitBreaker.Outcome = failure == .firstByteTimeout ? .firstByteTimeout : .resetBeforeFirstByte
-        pool.health.record(outcome, backend: backend, now: worker.base.cachedMicroseconds)
+        pool.health.record(outcome, backend: backend, trial: trial, now: worker.base.cachedMicroseconds)
+        trial = false
         guard canReplay else { return false }
         guard attempts < pool.maxAttempts else { return false }
         guard pool.health.retryBudget.tryRetry(now: worker.base.cachedMicroseconds) else {
@@ -233,6 +249,8 @@ final class Session: RelayDelegate {
         leaveQueue()
         releaseSlot()
         if hedgeBackend >= 0 {
+            pool.health.noVerdict(backend: hedgeBackend, trial: hedgeTrial, now: worker.base.cachedMicroseconds)
+            hedgeTrial = false
             pool.balancer.release(hedgeBackend)
             hedgeBackend = -1
         }
