@@ -106,8 +106,9 @@ final class PoolHealth {
     /// trials; the connection must then report once with `trial: true` (`record` or `noVerdict`).
     func picked(_ backend: Int, now: Microseconds) -> Bool {
         guard breakersEnabled, breakers[backend].state != .closed else { return false }
-        // An ejection that is over but not yet noticed by the timer: move it (and log it) first.
-        if breakers[backend].isOpen { recompute(now: now) }
+        // An ejection that is over but not yet noticed by the timer (the backend was kept in rotation by the
+        // max-ejection cap or panic): move it, and log it, first.
+        if case .open(let until) = breakers[backend].state, now >= until { recompute(now: now) }
         guard breakers[backend].state == .halfOpen, breakers[backend].admit(now: now) else { return false }
         if !breakers[backend].wouldAdmit(now: now) { recompute(now: now) }
         return true
