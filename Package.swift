@@ -44,7 +44,9 @@ let package = Package(
         .executableTarget(name: "PickBenchmark", dependencies: ["FulcrumCore"], path: "bench/PickBenchmark"),
         .testTarget(name: "FulcrumCoreTests", dependencies: ["FulcrumCore", "FulcrumTestSupport"]),
         .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "FulcrumTestSupport"]),
-        .testTarget(name: "FulcrumTests", dependencies: ["Fulcrum", "FulcrumCore", "FulcrumTestSupport"]),
+        .testTarget(name: "FulcrumTests", dependencies: [
+            "Fulcrum", "FulcrumCore", "FulcrumTestSupport", .product(name: "Logging", package: "swift-log"),
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

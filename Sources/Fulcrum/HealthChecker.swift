@@ -102,30 +102,34 @@ final class HealthChecker {
         }
     }
 
-    /// What to send, whether to wait for a reply, and how to judge it.
+    /// What to send, whether to wait for a reply, and how to judge it (the reply so far, and whether it is
+    /// complete: then the answer must be pass or fail).
     static func plan(_ check: FulcrumConfig.Health.Check, host: String)
-        -> ([UInt8], Bool, ([UInt8]) -> Probe.Verdict) {
+        -> ([UInt8], Bool, ([UInt8], Bool) -> Probe.Verdict) {
         switch check {
         case .tcp:
-            return ([], false, { _ in .pass })
+            return ([], false, { _, _ in .pass })
         case .sendExpect(let send, .prefix(let prefix)):
-            return (send, true, { reply in
+            return (send, true, { reply, complete in
                 if reply.count < prefix.count {
-                    return reply == Array(prefix.prefix(reply.count)) ? .needMore : .fail("unexpected reply \(Self.show(reply))")
+                    let partial = reply == Array(prefix.prefix(reply.count))
+                    return partial && !complete ? .needMore : .fail("unexpected reply \(Self.show(reply))")
                 }
                 return reply.starts(with: prefix) ? .pass : .fail("unexpected reply \(Self.show(reply))")
             })
         case .sendExpect(let send, .regex(let pattern)):
             let regex = try? Regex(pattern)
-            return (send, true, { reply in
+            return (send, true, { reply, complete in
                 let text = String(decoding: reply, as: UTF8.self)
                 if let regex, (try? regex.firstMatch(in: text)) != nil { return .pass }
-                return .needMore
+                return complete ? .fail("reply \(Self.show(reply)) does not match expect_regex") : .needMore
             })
         case .http(let path, let hostHeader, let statuses):
             let request = "GET \(path) HTTP/1.0\r\nHost: \(hostHeader ?? host)\r\nUser-Agent: fulcrum-health\r\nConnection: close\r\n\r\n"
-            return (Array(request.utf8), true, { reply in
-                guard let end = reply.firstIndex(of: 10) else { return .needMore }
+            return (Array(request.utf8), true, { reply, complete in
+                guard let end = reply.firstIndex(of: 10) else {
+                    return complete ? .fail("not an HTTP status line: \(Self.show(reply))") : .needMore
+                }
                 let line = String(decoding: reply[..<end], as: UTF8.self)
                 let parts = line.split(separator: " ")
                 guard parts.count >= 2, parts[0].hasPrefix("HTTP/"), let code = Int(parts[1]) else {

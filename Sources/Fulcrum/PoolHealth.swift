@@ -5,16 +5,32 @@ import Logging
 /// One worker's health view of one pool: a circuit breaker per backend fed by this worker's connections,
 /// the active-check results shared by the health checker, and the operator states from the config. It
 /// derives eligibility through `Eligibility` and hands it to the pool's balancer.
+///
+/// Connections are reported by backend index only: a connection that `picked` says took a half-open trial
+/// must later report exactly once, with `record(…, trial: true, …)` or `noVerdict(…, trial: true, …)`.
 final class PoolHealth {
+    /// A change of a backend's eligibility, for the balancer.
+    struct Change {
+        var backend: Int
+        var eligible: Bool
+        /// Whether a backend turning eligible should slow-start: false for its first turn at startup.
+        var rampUp: Bool
+    }
+
     let pool: FulcrumConfig.Pool
     private let shared: SharedHealth?
     private(set) var breakers: [CircuitBreaker]
     private var active: [ActiveHealth.State]
     private var seenSuccesses: [Int]
     private var eligible: [Bool]
+    /// Backends whose active checks have given no verdict yet: their first turn eligible belongs to
+    /// startup, not to a recovery, so it does not slow-start.
+    private var startingUp: [Bool]
     private(set) var panic = false
     var retryBudget: RetryBudget
-    var onRecompute: ((Int, Bool) -> Void)?
+    var onRecompute: ((Change) -> Void)?
+    /// A breaker opened until the given time: the worker arms its timer for it.
+    var onBreakerOpened: ((Microseconds) -> Void)?
     private var logger: Logger
 
     init(pool: FulcrumConfig.Pool, shared: SharedHealth?, seed: UInt64, logger: Logger) {
@@ -29,17 +45,28 @@ final class PoolHealth {
         active = pool.backends.indices.map { shared?.state($0) ?? .unknown }
         seenSuccesses = Array(repeating: 0, count: pool.backends.count)
         eligible = Array(repeating: true, count: pool.backends.count)
+        startingUp = active.map { $0 == .unknown && resilience.health != nil }
         retryBudget = RetryBudget(ratio: resilience.retryBudgetRatio, minPerSecond: resilience.retryBudgetMinPerSecond)
     }
 
     var hasActiveChecks: Bool { pool.resilience.health != nil }
 
-    /// Derives eligibility from the three signals and reports every change through `onRecompute`.
+    private var breakersEnabled: Bool { pool.resilience.breaker.enabled }
+
+    /// Moves breakers whose ejection is over to half-open, then derives eligibility from the three signals
+    /// and reports every change through `onRecompute`.
     func recompute(now: Microseconds) {
+        if breakersEnabled {
+            for i in breakers.indices where breakers[i].advance(now: now) {
+                logger.info("breaker half-open: ejection time over, letting trial connections through", metadata: [
+                    "backend": "\(pool.backends[i].address)", "trials": "\(breakers[i].settings.halfOpenTrials)",
+                ])
+            }
+        }
         let assumeHealthy = pool.resilience.health?.assumeHealthy ?? false
         let signals = pool.backends.indices.map { i in
             HealthSignals(active: active[i] == .unknown && assumeHealthy ? .up : active[i],
-                          breakerAdmits: !pool.resilience.breaker.enabled || breakers[i].wouldAdmit(now: now),
+                          breakerAdmits: !breakersEnabled || breakers[i].wouldAdmit(now: now),
                           operatorState: pool.backends[i].state, activeChecks: hasActiveChecks)
         }
         let result = Eligibility.compute(signals, maxEjectionPercent: pool.resilience.breaker.maxEjectionPercent,
@@ -59,44 +86,67 @@ final class PoolHealth {
         }
         for i in pool.backends.indices where result.eligible[i] != eligible[i] {
             eligible[i] = result.eligible[i]
-            onRecompute?(i, eligible[i])
+            let rampUp = !startingUp[i]
+            if eligible[i] { startingUp[i] = false }
+            onRecompute?(Change(backend: i, eligible: eligible[i], rampUp: rampUp))
         }
     }
 
-    /// The earliest moment an open breaker ends its ejection, for the worker's timer.
-    func nextBreakerDeadline() -> Microseconds? {
-        breakers.compactMap { if case .open(let until) = $0.state { return until } else { return nil } }.min()
+    /// The earliest moment after `now` at which an open breaker ends its ejection, for the worker's timer.
+    /// Ejections already over are not returned: `recompute` moves them to half-open.
+    func nextBreakerDeadline(after now: Microseconds) -> Microseconds? {
+        var next: Microseconds?
+        for breaker in breakers {
+            if case .open(let until) = breaker.state, until > now, until < (next ?? .max) { next = until }
+        }
+        return next
     }
 
-    /// A connection to `backend` was just reserved: a half-open breaker gives it one of its trials.
+    /// A connection to `backend` was just reserved. Returns true when it took one of a half-open breaker's
+    /// trials; the connection must then report once with `trial: true` (`record` or `noVerdict`).
     func picked(_ backend: Int, now: Microseconds) -> Bool {
-        guard pool.resilience.breaker.enabled, breakers[backend].state == .halfOpen else { return false }
-        _ = breakers[backend].admit(now: now)
+        guard breakersEnabled, breakers[backend].state != .closed else { return false }
+        // An ejection that is over but not yet noticed by the timer (the backend was kept in rotation by the
+        // max-ejection cap or panic): move it, and log it, first.
+        if case .open(let until) = breakers[backend].state, now >= until { recompute(now: now) }
+        guard breakers[backend].state == .halfOpen, breakers[backend].admit(now: now) else { return false }
         if !breakers[backend].wouldAdmit(now: now) { recompute(now: now) }
         return true
     }
 
-    func noVerdict(backend: Int, trial: Bool, now: Microseconds) {}
-
-    /// Feeds one connection outcome to the backend's breaker.
+    /// Feeds one connection outcome to the backend's breaker; `trial` is what `picked` returned for it.
     func record(_ outcome: CircuitBreaker.Outcome, backend: Int, trial: Bool, now: Microseconds) {
-        guard pool.resilience.breaker.enabled else { return }
+        guard breakersEnabled else { return }
         let before = breakers[backend].state
-        guard breakers[backend].record(outcome, now: now) else { return }
-        let address = "\(pool.backends[backend].address)"
-        switch breakers[backend].state {
-        case .open(let until):
-            logger.warning("breaker opened: backend ejected", metadata: [
-                "backend": "\(address)", "reason": "\(outcome.rawValue)",
-                "ejected_for": "\(Duration.microseconds(until - now).configText)",
-                "ejections": "\(breakers[backend].ejections)", "from": "\(before)",
-            ])
-        case .closed:
-            logger.notice("breaker closed: backend back in rotation", metadata: ["backend": "\(address)"])
-        case .halfOpen:
-            break
+        let admitted = breakers[backend].wouldAdmit(now: now)
+        let changed = breakers[backend].record(outcome, trial: trial, now: now)
+        if changed {
+            let address = "\(pool.backends[backend].address)"
+            switch breakers[backend].state {
+            case .open(let until):
+                logger.warning("breaker opened: backend ejected", metadata: [
+                    "backend": "\(address)", "reason": "\(outcome.rawValue)",
+                    "ejected_for": "\(Duration.microseconds(until - now).configText)",
+                    "ejections": "\(breakers[backend].ejections)", "from": "\(before)",
+                ])
+                onBreakerOpened?(until)
+            case .closed:
+                logger.notice("breaker closed: backend back in rotation", metadata: ["backend": "\(address)"])
+            case .halfOpen:
+                break
+            }
         }
-        recompute(now: now)
+        if changed || breakers[backend].wouldAdmit(now: now) != admitted { recompute(now: now) }
+    }
+
+    /// A connection to `backend` ended without a verdict on the backend (the client left first, a hedge
+    /// lost, a drain, an idle timeout before any answer). A trial it held is given back, which lets the
+    /// next connection try the backend.
+    func noVerdict(backend: Int, trial: Bool, now: Microseconds) {
+        guard trial, breakersEnabled else { return }
+        let admitted = breakers[backend].wouldAdmit(now: now)
+        breakers[backend].abandonTrial()
+        if !admitted && breakers[backend].wouldAdmit(now: now) { recompute(now: now) }
     }
 
     /// Reads the health checker's latest results. Returns the backends that just went down.
@@ -108,6 +158,8 @@ final class PoolHealth {
             let state = shared.state(i)
             if state != active[i] {
                 if state == .down { wentDown.append(i) }
+                // A backend seen down before it was ever up is recovering when it comes up: it ramps.
+                if state == .down || active[i] != .unknown { startingUp[i] = false }
                 active[i] = state
                 changed = true
             }

@@ -89,9 +89,10 @@ final class Worker {
         slowStartTimer = Timer(base: base) { [unowned self] in self.advanceSlowStart() }
         breakerTimer = Timer(base: base) { [unowned self] in self.breakerDeadlinePassed() }
         for pool in pools {
-            pool.health.onRecompute = { [unowned self, unowned pool] backend, eligible in
-                self.eligibilityChanged(pool, backend: backend, eligible: eligible)
+            pool.health.onRecompute = { [unowned self, unowned pool] change in
+                self.eligibilityChanged(pool, change)
             }
+            pool.health.onBreakerOpened = { [unowned self] _ in self.armBreakerTimer() }
             pool.health.recompute(now: now)
         }
     }
@@ -106,7 +107,10 @@ final class Worker {
         drainTimer = nil
         slowStartTimer = nil
         breakerTimer = nil
-        for pool in pools { pool.health.onRecompute = nil }
+        for pool in pools {
+            pool.health.onRecompute = nil
+            pool.health.onBreakerOpened = nil
+        }
         wakeup = nil
         logger.info("worker stopped", metadata: [
             "accepted": "\(stats.accepted)", "refused": "\(stats.clientsRefused)",
@@ -256,19 +260,27 @@ final class Worker {
     }
 
     /// Eligibility of a backend changed: tell the balancer, start slow start, re-serve the queue.
-    private func eligibilityChanged(_ pool: PoolRuntime, backend: Int, eligible: Bool) {
+    private func eligibilityChanged(_ pool: PoolRuntime, _ change: PoolHealth.Change) {
         let now = base.cachedMicroseconds
-        pool.balancer.setEligible(backend, eligible, now: now)
+        pool.balancer.setEligible(change.backend, change.eligible, now: now, slowStart: change.rampUp)
         if pool.balancer.ramping { slowStartBegan() }
         armBreakerTimer()
-        if eligible && !pool.waiting.isEmpty { serveQueue(pool) }
+        if change.eligible && !pool.waiting.isEmpty { serveQueue(pool) }
     }
 
-    /// Wakes the worker when the earliest open breaker's ejection ends, to let a trial through.
+    /// Wakes the worker when the earliest open breaker's ejection ends, to move it to half-open. Armed only
+    /// for ejections still to come, so an idle worker sleeps until then.
     func armBreakerTimer() {
-        let deadlines = pools.compactMap { $0.health.nextBreakerDeadline() }
-        guard let next = deadlines.min() else { return }
-        breakerTimer?.schedule(after: max(1_000, next - base.cachedMicroseconds))
+        let now = base.cachedMicroseconds
+        var next: Microseconds?
+        for pool in pools {
+            if let deadline = pool.health.nextBreakerDeadline(after: now), deadline < (next ?? .max) { next = deadline }
+        }
+        guard let next else {
+            breakerTimer?.cancel()
+            return
+        }
+        breakerTimer?.schedule(after: next - now)
     }
 
     private func breakerDeadlinePassed() {

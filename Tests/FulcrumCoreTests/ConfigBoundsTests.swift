@@ -125,7 +125,7 @@ import Testing
         var breaker = CircuitBreaker(settings: settings, random: FastRandom(seed: 7))
         var now: Microseconds = 1 << 50
         for _ in 0..<40 {
-            breaker.record(.connectRefused, now: now)
+            breaker.record(.connectRefused, trial: breaker.state == .halfOpen, now: now)
             guard case .open(let until) = breaker.state else {
                 Issue.record("the breaker did not open: \(breaker.state)")
                 return

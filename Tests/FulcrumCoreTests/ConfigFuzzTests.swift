@@ -101,7 +101,7 @@ import Testing
         var breaker = CircuitBreaker(settings: s, random: FastRandom(seed: 1))
         var now: Microseconds = 1 << 50
         for _ in 0..<40 {
-            for _ in 0..<s.consecutiveFailures { breaker.record(.connectRefused, now: now) }
+            for _ in 0..<s.consecutiveFailures { breaker.record(.connectRefused, trial: breaker.state == .halfOpen, now: now) }
             guard case .open(let until) = breaker.state else { return "breaker did not open after \(s.consecutiveFailures) failures" }
             let longest = s.maxEjection + Microseconds(Double(s.maxEjection) * s.jitter) + 1
             if until <= now || until - now > longest { return "ejection of \(until - now)us with settings \(s)" }

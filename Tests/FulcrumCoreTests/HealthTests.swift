@@ -10,11 +10,11 @@ private func breaker(_ settings: CircuitBreaker.Settings = .init(jitter: 0)) -> 
 @Suite struct CircuitBreakerTests {
     @Test func opensAfterConsecutiveFailuresAndASuccessResetsTheCount() {
         var b = breaker()
-        for _ in 0..<4 { b.record(.connectRefused, now: 0) }
-        b.record(.success, now: 0)
-        for _ in 0..<4 { b.record(.connectTimeout, now: 0) }
+        for _ in 0..<4 { b.record(.connectRefused, trial: false, now: 0) }
+        b.record(.success, trial: false, now: 0)
+        for _ in 0..<4 { b.record(.connectTimeout, trial: false, now: 0) }
         #expect(b.state == .closed)
-        let r1 = b.record(.resetBeforeFirstByte, now: 0)
+        let r1 = b.record(.resetBeforeFirstByte, trial: false, now: 0)
         #expect(r1)
         #expect(b.state == .open(until: 10 * second))
         let r2 = b.admit(now: 5 * second)
@@ -23,23 +23,23 @@ private func breaker(_ settings: CircuitBreaker.Settings = .init(jitter: 0)) -> 
 
     @Test func opensOnFailureRatioOnlyWithEnoughRequests() {
         var b = breaker(.init(consecutiveFailures: 100, failureRatio: 0.5, minRequests: 10, jitter: 0))
-        for i in 0..<9 { b.record(i % 2 == 0 ? .connectRefused : .success, now: 0) }
+        for i in 0..<9 { b.record(i % 2 == 0 ? .connectRefused : .success, trial: false, now: 0) }
         #expect(b.state == .closed, "9 outcomes are below min_requests")
-        b.record(.connectRefused, now: 0)
+        b.record(.connectRefused, trial: false, now: 0)
         #expect(b.isOpen, "6 failures of 10 reach 50%")
     }
 
     @Test func ratioWindowForgetsOldOutcomes() {
         var b = breaker(.init(consecutiveFailures: 100, failureRatio: 0.5, minRequests: 4, window: .seconds(10), jitter: 0))
-        for _ in 0..<3 { b.record(.connectRefused, now: 0) }
-        for _ in 0..<3 { b.record(.success, now: 11 * second) }
-        b.record(.connectRefused, now: 11 * second)
+        for _ in 0..<3 { b.record(.connectRefused, trial: false, now: 0) }
+        for _ in 0..<3 { b.record(.success, trial: false, now: 11 * second) }
+        b.record(.connectRefused, trial: false, now: 11 * second)
         #expect(b.state == .closed, "the old failures left the window: 1 of 4")
     }
 
     @Test func halfOpenAdmitsLimitedTrialsThenClosesOnSuccess() {
         var b = breaker(.init(halfOpenTrials: 2, jitter: 0))
-        for _ in 0..<5 { b.record(.connectRefused, now: 0) }
+        for _ in 0..<5 { b.record(.connectRefused, trial: false, now: 0) }
         #expect(!b.wouldAdmit(now: 10 * second - 1))
         let r3 = b.admit(now: 10 * second)
         #expect(r3)
@@ -48,14 +48,14 @@ private func breaker(_ settings: CircuitBreaker.Settings = .init(jitter: 0)) -> 
         #expect(r4)
         let r5 = b.admit(now: 10 * second)
         #expect(!r5, "only two trials at a time")
-        b.record(.success, now: 10 * second)
+        b.record(.success, trial: true, now: 10 * second)
         #expect(b.state == .closed)
     }
 
     @Test func failedTrialReopensWithDoubledBackoffCappedAtMax() {
         var b = breaker(.init(baseEjection: .seconds(10), maxEjection: .seconds(60), jitter: 0))
         var now: Microseconds = 0
-        for _ in 0..<5 { b.record(.connectRefused, now: now) }
+        for _ in 0..<5 { b.record(.connectRefused, trial: false, now: now) }
         var expected: [Microseconds] = []
         var seen: [Microseconds] = []
         for k in 0..<5 {
@@ -65,7 +65,7 @@ private func breaker(_ settings: CircuitBreaker.Settings = .init(jitter: 0)) -> 
             now = until
             let r6 = b.admit(now: now)
             #expect(r6)
-            b.record(.connectTimeout, now: now)
+            b.record(.connectTimeout, trial: true, now: now)
         }
         #expect(seen == expected, "10s, 20s, 40s, then capped at 60s")
     }
@@ -73,7 +73,7 @@ private func breaker(_ settings: CircuitBreaker.Settings = .init(jitter: 0)) -> 
     @Test func jitterStaysWithinBounds() {
         for seed in 0..<200 {
             var b = CircuitBreaker(settings: .init(baseEjection: .seconds(10), jitter: 0.1), random: FastRandom(seed: UInt64(seed)))
-            for _ in 0..<5 { b.record(.connectRefused, now: 0) }
+            for _ in 0..<5 { b.record(.connectRefused, trial: false, now: 0) }
             guard case .open(let until) = b.state else { Issue.record("not open"); return }
             #expect(until >= 10 * second && until <= 11 * second)
         }
@@ -81,20 +81,20 @@ private func breaker(_ settings: CircuitBreaker.Settings = .init(jitter: 0)) -> 
 
     @Test func ejectionCountDecaysWhileHealthy() {
         var b = breaker()
-        for _ in 0..<5 { b.record(.connectRefused, now: 0) }
+        for _ in 0..<5 { b.record(.connectRefused, trial: false, now: 0) }
         _ = b.admit(now: 10 * second)
-        b.record(.success, now: 10 * second)
+        b.record(.success, trial: true, now: 10 * second)
         #expect(b.ejections == 1)
         // One base ejection period later without trouble, the past ejection is forgotten.
-        b.record(.success, now: 20 * second)
+        b.record(.success, trial: false, now: 20 * second)
         #expect(b.ejections == 0)
-        for _ in 0..<5 { b.record(.connectRefused, now: 21 * second) }
+        for _ in 0..<5 { b.record(.connectRefused, trial: false, now: 21 * second) }
         #expect(b.state == .open(until: 31 * second), "back to the base ejection time")
     }
 
     @Test func aSuccessfulProbeEndsTheEjectionEarly() {
         var b = breaker()
-        for _ in 0..<5 { b.record(.connectRefused, now: 0) }
+        for _ in 0..<5 { b.record(.connectRefused, trial: false, now: 0) }
         b.probeSucceeded()
         #expect(b.state == .halfOpen)
         let r7 = b.admit(now: 1)
@@ -190,6 +190,22 @@ private func breaker(_ settings: CircuitBreaker.Settings = .init(jitter: 0)) -> 
         let panic = Eligibility.compute(signals, maxEjectionPercent: 50, panicThreshold: 30)
         #expect(panic.panic)
         #expect(panic.eligible == [true, true, true, true, false], "never a disabled backend")
+    }
+
+    @Test func backendsNotYetCheckedDoNotCausePanic() {
+        // At startup every checked backend is unknown: nothing is eligible yet, but nothing is unhealthy.
+        let starting = (0..<3).map { _ in HealthSignals(active: .unknown, activeChecks: true) }
+        let start = Eligibility.compute(starting, maxEjectionPercent: 50, panicThreshold: 50)
+        #expect(!start.panic)
+        #expect(start.eligible == [false, false, false], "unknown backends wait for their first check")
+        // One down, two still unknown: they may yet come up, so still no panic.
+        let firstAnswer = [HealthSignals(active: .down, activeChecks: true)] + starting.dropFirst()
+        #expect(!Eligibility.compute(firstAnswer, maxEjectionPercent: 50, panicThreshold: 50).panic)
+        // Two down and one unknown: even if it comes up, one of three is below 50%.
+        let twoDown = [HealthSignals(active: .down, activeChecks: true), HealthSignals(active: .down, activeChecks: true),
+                       HealthSignals(active: .unknown, activeChecks: true)]
+        let result = Eligibility.compute(twoDown, maxEjectionPercent: 50, panicThreshold: 50)
+        #expect(result.panic && result.eligible == [true, true, true])
     }
 }
 

@@ -64,6 +64,54 @@ import Testing
         #expect(pool.distribution(200, count: 2) == [100, 100])
     }
 
+    @Test func aBackendsFirstTurnEligibleAtStartupDoesNotRamp() {
+        let pool = makePool(.roundRobin, weights: [1, 1], slowStart: .seconds(4))
+        // Both wait for their first check; one passes a little later than the other.
+        pool.setEligible(0, false, now: 0)
+        pool.setEligible(1, false, now: 0)
+        pool.setEligible(0, true, now: 10_000, slowStart: false)
+        pool.setEligible(1, true, now: 150_000, slowStart: false)
+        #expect(!pool.ramping)
+        #expect(pool.table.effectiveWeight == [100, 100])
+        #expect(pool.distribution(200, count: 2) == [100, 100])
+        // A later recovery ramps as before.
+        pool.setEligible(1, false, now: 1_000_000)
+        pool.setEligible(1, true, now: 2_000_000)
+        #expect(pool.ramping && pool.table.effectiveWeight == [100, 10])
+    }
+
+    @Test func slowStartLeavesHashAloneInsteadOfRebuildingItsRingEveryTick() {
+        // The ring is built from configured weights: a ramp would change nothing, yet each tick rebuilt it.
+        for strategy: BalanceStrategy in [.hash(key: .ip, balanceFactor: 1.25), .first] {
+            let pool = makePool(strategy, weights: [1, 1, 1], limits: [100, 100, 100], slowStart: .seconds(30))
+            pool.setEligible(2, false, now: 0)
+            pool.setEligible(2, true, now: 0)
+            #expect(!pool.ramping, "\(strategy.name)")
+            #expect(!pool.tick(now: 100_000), "\(strategy.name): nothing to advance, nothing rebuilt")
+        }
+        let ramped = makePool(.roundRobin, weights: [1, 1], slowStart: .seconds(30))
+        ramped.setEligible(1, false, now: 0)
+        ramped.setEligible(1, true, now: 0)
+        #expect(ramped.ramping && ramped.tick(now: 15_000_000))
+    }
+
+    @Test func boundedLoadHashCountsConnectionsAcrossWorkers() {
+        // Two workers, each with its own (identical) ring, one process-wide set of counters.
+        let shared = SharedBackendCounters(capacity: 4)
+        let backends = (0..<4).map { PoolBalancer.Backend(weight: 1, identity: StableHash.hash("10.0.0.\($0):6379")) }
+        let strategy = BalanceStrategy.hash(key: .ip, balanceFactor: 1.25)
+        let workers = (0..<2).map { _ in
+            PoolBalancer(backends: backends, shared: shared) { strategy.makeStrategy(table: $0, random: FastRandom(seed: 1)) }
+        }
+        // 40 connections from one hot client address, alternating between the workers.
+        for i in 0..<40 { _ = workers[i % 2].hold(context: PickContext(clientHash: 12345)) }
+        let counts = (0..<4).map { shared.count($0) }
+        #expect(counts.reduce(0, +) == 40 && shared.total == 40)
+        // 1.25 × an average of 10 is 12.5, rounded up: no backend holds more than 13.
+        #expect(counts.allSatisfy { $0 <= 13 }, "\(counts)")
+        #expect(workers.allSatisfy { $0.table.active.reduce(0, +) == 20 })
+    }
+
     @Test func backendsCanBeAddedRemovedAndReweightedAtRuntime() {
         for strategy: BalanceStrategy in [.roundRobin, .random, .leastConnections, .powerOfTwoChoices,
                                           .peakEWMA(decay: .seconds(10), defaultLatency: .milliseconds(10)),

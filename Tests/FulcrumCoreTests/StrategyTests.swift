@@ -134,16 +134,75 @@ import Testing
         #expect(after > 0.25, "recovered share \(after)")
     }
 
-    @Test func peakSamplesReplaceTheAverageAtOnce() {
+    @Test func peakSamplesReplaceTheAverageAtOnceAndLowerOnesPullItDownGradually() {
         let table = makePool(.roundRobin, weights: [1]).table
         let strategy = PeakEWMAStrategy(table: table, random: FastRandom(seed: 1), decay: .seconds(10),
                                         defaultLatency: .milliseconds(5))
         strategy.observe(latency: 50_000, backend: 0, now: 0)
         #expect(strategy.estimate(0, now: 0) == 50_000)
-        strategy.observe(latency: 10_000, backend: 0, now: 10_000_000)
-        // One decay period later: the old 50 ms has decayed to ~18.4 ms and the new sample pulls it down.
-        let estimate = strategy.estimate(0, now: 10_000_000)
-        #expect(estimate > 10_000 && estimate < 18_500, "\(estimate)")
+        // A lower sample 1 s later (fresh: not stale yet): 50 ms has decayed to ~45.2 ms, and the sample
+        // pulls that down by 1 - e^-0.1 of the way to 10 ms.
+        strategy.observe(latency: 10_000, backend: 0, now: 1_000_000)
+        let estimate = strategy.estimate(0, now: 1_000_000)
+        #expect(estimate > 41_500 && estimate < 42_500, "\(estimate)")
+    }
+
+    @Test func theFirstSampleAfterAStalePeriodReplacesTheAverage() {
+        let table = makePool(.roundRobin, weights: [1]).table
+        let strategy = PeakEWMAStrategy(table: table, random: FastRandom(seed: 1), decay: .seconds(10),
+                                        defaultLatency: .milliseconds(1))
+        strategy.observe(latency: 200_000, backend: 0, now: 0)
+        #expect(strategy.staleAfter == 2_000_000)
+        #expect(!strategy.isStale(0, now: 1_999_999) && strategy.isStale(0, now: 2_000_000))
+        // Decay alone would still say ~164 ms; the fresh sample is what counts.
+        strategy.observe(latency: 900, backend: 0, now: 2_000_000)
+        #expect(strategy.estimate(0, now: 2_000_000) == 900)
+        #expect(!strategy.isStale(0, now: 2_000_000))
+    }
+
+    @Test func explorationTakesAtMostTwoPercentOfPicks() {
+        // Backend 0 answered once, very slowly, and its explorations never answer: it stays stale (after
+        // 200 ms with a 1 s decay), so only the budget limits how often it is tried.
+        let pool = makePool(.peakEWMA(decay: .seconds(1), defaultLatency: .milliseconds(1)), weights: [1, 1])
+        pool.observe(latency: 10_000_000, backend: 0, now: 0)
+        var now: Microseconds = 0
+        var zero = 0
+        for _ in 0..<5_000 {
+            now += 1_000
+            let b = pool.pickAndRelease(context: PickContext(now: now))!
+            if b == 0 { zero += 1 } else { pool.observe(latency: 1_000, backend: b, now: now) }
+        }
+        #expect(zero >= 90 && zero <= 101, "\(zero) of 5000")
+    }
+
+    /// Three backends; backend 0 answers in 200 ms for 5 s, then as fast as the others (0.2 ms). One pick every
+    /// 3 ms (about 330 connections a second), the default decay of 10 s.
+    @Test func aSlowBackendWinsItsShareBackWithinSecondsOfBeingFastAgain() {
+        let pool = makePool(.peakEWMA(decay: .seconds(10), defaultLatency: .milliseconds(10)), weights: [1, 1, 1])
+        var now: Microseconds = 1_000_000
+        func run(seconds: Double, slow: Bool) -> Double {
+            let end = now + Microseconds(seconds * 1_000_000)
+            var picks = 0, zero = 0
+            while now < end {
+                now += 3_000
+                let b = pool.hold(context: PickContext(now: now))!
+                pool.observe(latency: 100, backend: b, now: now)   // connect
+                pool.observe(latency: b == 0 && slow ? 200_000 : 200, backend: b, now: now)
+                pool.release(b)
+                picks += 1
+                if b == 0 { zero += 1 }
+            }
+            return Double(zero) / Double(picks)
+        }
+        let healthy = run(seconds: 2, slow: false)
+        #expect(healthy > 0.25, "healthy share \(healthy)")
+        let first = run(seconds: 1, slow: true)
+        let slow = run(seconds: 4, slow: true)
+        #expect(first < 0.05 && slow < 0.02, "while slow: \(first), then \(slow)")
+        let recovering = run(seconds: 3, slow: false)
+        let recovered = run(seconds: 3, slow: false)
+        #expect(recovering > 0.1, "first 3 s after it is fast again: \(recovering)")
+        #expect(recovered > 0.25, "3 s to 6 s after it is fast again: \(recovered)")
     }
 }
 

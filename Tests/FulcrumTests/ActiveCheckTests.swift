@@ -99,6 +99,24 @@ extension Integration {
             }
         }
 
+        @Test func expectRegexFailsAWrongReplyAtOnceNotAtTheTimeout() throws {
+            // The impostor answers one wrong line and keeps the connection open.
+            let impostor = try BackendProcess("impostor", mode: "wrong")
+            let started = Date()
+            let proxy = try FulcrumProcess(config: """
+            workers: 1
+            listeners: [{name: front, listen: 127.0.0.1:0, pool: app}]
+            pools:
+              app:
+                backends: [127.0.0.1:\(impostor.port)]
+                health: {check: send_expect, send: "PING\\r\\n", expect_regex: "^\\\\+PONG", timeout: 5s, interval: 10s}
+            """)
+            let down = try proxy.waitForLog(containing: "backend down", timeout: 5)
+            let elapsed = Date().timeIntervalSince(started)
+            #expect(down.contains("does not match expect_regex") && down.contains("-ERR wrong"), "\(down)")
+            #expect(elapsed < 2.5, "failed after \(elapsed) s, with a 5 s timeout")
+        }
+
         @Test func httpCheckAcceptsTheRightStatusOnly() throws {
             let web = try HTTPServer()
             let proxy = try FulcrumProcess(config: """

@@ -93,6 +93,41 @@ extension Integration {
             #expect(slowShare < healthyShare / 4)
         }
 
+        @Test func peakEWMAGivesABackendThatIsFastAgainItsShareBackWithinSeconds() throws {
+            let backends = try ["a", "b", "c"].map { try TestBackend(.named($0)) }
+            // Default decay (10 s): falling from 200 ms to the others' fraction of a millisecond by decay
+            // alone would take over a minute.
+            let proxy = try FulcrumProcess(config: strategyConfig(balance: "peak_ewma",
+                                                                  backends: backends.map { "127.0.0.1:\($0.port)" }))
+            let port = proxy.port("front")
+            /// One request per connection, one after the other, for `seconds`: when each was answered, and by whom.
+            func run(seconds: Double) throws -> [(at: Date, name: String)] {
+                let end = Date().addingTimeInterval(seconds)
+                var answers: [(at: Date, name: String)] = []
+                while Date() < end && answers.count < 50_000 {
+                    let name = try askName(port: port)
+                    answers.append((Date(), name))
+                }
+                return answers
+            }
+            func share(_ answers: some Collection<(at: Date, name: String)>) -> Double {
+                Double(answers.filter { $0.name == "a" }.count) / Double(max(1, answers.count))
+            }
+            _ = try run(seconds: 0.5)
+            backends[0].delayMilliseconds = 200
+            let slowSince = Date()
+            let slow = try run(seconds: 5)
+            backends[0].delayMilliseconds = 0
+            let fastSince = Date()
+            let fast = try run(seconds: 6)
+            // Skip the first second of slowness: the connections already on their way to "a" end in it.
+            let whileSlow = share(slow.filter { $0.at > slowSince.addingTimeInterval(1) })
+            let recovered = fast.filter { $0.at > fastSince.addingTimeInterval(3) }
+            #expect(whileSlow < 0.05, "while slow: \(whileSlow) of \(slow.count)")
+            #expect(share(recovered) >= 0.15, "3 s to 6 s after it is fast again: \(share(recovered)) of \(recovered.count)")
+            print("peak_ewma recovery: \(whileSlow) of \(slow.count) while slow, \(share(recovered)) of \(recovered.count) 3-6 s after")
+        }
+
         @Test func hashKeepsOneClientAddressOnOneBackend() throws {
             let backends = try ["a", "b", "c"].map { try TestBackend(.named($0)) }
             let byIP = try FulcrumProcess(config: strategyConfig(balance: "hash", backends: backends.map { "127.0.0.1:\($0.port)" }))

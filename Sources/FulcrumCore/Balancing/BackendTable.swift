@@ -6,6 +6,8 @@ import Synchronization
 public final class SharedBackendCounters: @unchecked Sendable {
     private let counts: UnsafeMutablePointer<Atomic<Int>>
     public let capacity: Int
+    /// Connections to every backend of the pool together.
+    private let all = Atomic<Int>(0)
     /// Clients waiting in any worker's queue for this pool.
     public let waiting = Atomic<Int>(0)
 
@@ -22,13 +24,19 @@ public final class SharedBackendCounters: @unchecked Sendable {
 
     public func count(_ backend: Int) -> Int { counts[backend].load(ordering: .relaxed) }
 
+    /// Connections to every backend of the pool, across all workers.
+    public var total: Int { all.load(ordering: .relaxed) }
+
     /// Takes one slot of `backend` if fewer than `limit` are taken.
     public func tryAcquire(_ backend: Int, limit: Int) -> Bool {
         var current = counts[backend].load(ordering: .relaxed)
         while current < limit {
             let (exchanged, original) = counts[backend].compareExchange(
                 expected: current, desired: current + 1, ordering: .relaxed)
-            if exchanged { return true }
+            if exchanged {
+                all.wrappingAdd(1, ordering: .relaxed)
+                return true
+            }
             current = original
         }
         return false
@@ -36,6 +44,7 @@ public final class SharedBackendCounters: @unchecked Sendable {
 
     public func release(_ backend: Int) {
         counts[backend].wrappingSubtract(1, ordering: .relaxed)
+        all.wrappingSubtract(1, ordering: .relaxed)
     }
 }
 
@@ -50,16 +59,20 @@ public final class BackendTable {
     public internal(set) var active: [Int]
     /// Stable identity of each backend, for consistent hashing.
     public internal(set) var identity: [UInt64]
+    /// Connections to each backend across every worker of the process (the counters `max_connections`
+    /// uses), for strategies that must balance the whole process rather than one worker.
+    public let processWide: SharedBackendCounters
 
     public var count: Int { weight.count }
 
     public static let weightScale = 100
 
-    init(weights: [Int], identities: [UInt64]) {
+    init(weights: [Int], identities: [UInt64], processWide: SharedBackendCounters) {
         weight = weights
         effectiveWeight = weights.map { $0 * Self.weightScale }
         active = Array(repeating: 0, count: weights.count)
         identity = identities
+        self.processWide = processWide
     }
 
     /// (active + 1) / effective weight, compared without division: is `a` less loaded than `b`?

@@ -52,9 +52,13 @@ public protocol BalancingStrategy: AnyObject {
     func connectionClosed(_ backend: Int)
     /// A measured latency (connect time or request-to-first-byte) for `backend`.
     func observe(latency: Microseconds, backend: Int, now: Microseconds)
+    /// Whether picks depend on the table's effective weights (which slow start lowers). Strategies that
+    /// read only configured weights, or none, say false: slow start then has nothing to ramp.
+    var usesEffectiveWeights: Bool { get }
 }
 
 extension BalancingStrategy {
+    public var usesEffectiveWeights: Bool { true }
     public func connectionOpened(_ backend: Int) {}
     public func connectionClosed(_ backend: Int) {}
     public func observe(latency: Microseconds, backend: Int, now: Microseconds) {}

@@ -6,7 +6,12 @@
 ///
 /// With `hash_balance_factor` (as in HAProxy and Envoy's bounded loads), a backend already holding more than
 /// `factor × average` connections (weighted) is passed over for the next point on the ring, so one hot
-/// client address cannot overload a backend. Lookups are a binary search, O(log n).
+/// client address cannot overload a backend. Connections are counted across every worker of the process
+/// (each worker has its own ring but they are alike, so per-worker caps would let every worker fill the
+/// same backend to its own cap). Lookups are a binary search, O(log n).
+///
+/// The ring uses configured weights, never the effective weights of slow start, so that every worker and
+/// every restart map a client alike: slow start does not apply to `hash`.
 public final class ConsistentHashStrategy: BalancingStrategy {
     public static let pointsPerWeight = 100
     /// Ring size limit, so that rebuilding a very large pool's ring stays in the low milliseconds.
@@ -16,8 +21,9 @@ public final class ConsistentHashStrategy: BalancingStrategy {
     private var ring: [UInt64] = []
     private var owner: [Int32] = []
     private var candidates: [Int] = []
-    private var isCandidate: [Bool] = []
-    private var totalActive = 0
+    /// Backends of the pool that are not candidates (other tiers, ineligible, removed): their connections
+    /// are taken out of the pool's process-wide total.
+    private var others: [Int] = []
     private var totalWeight = 0
 
     public init(table: BackendTable, balanceFactor: Double?) {
@@ -25,17 +31,18 @@ public final class ConsistentHashStrategy: BalancingStrategy {
         self.balanceFactor = balanceFactor
     }
 
+    public var usesEffectiveWeights: Bool { false }
+
     public func rebuild(candidates: [Int]) {
         self.candidates = candidates
-        isCandidate = Array(repeating: false, count: table.count)
-        totalActive = 0
+        var isCandidate = Array(repeating: false, count: table.count)
+        for backend in candidates { isCandidate[backend] = true }
+        others = (0..<table.count).filter { !isCandidate[$0] }
         totalWeight = candidates.reduce(0) { $0 + table.weight[$1] }
         let perWeight = max(1, min(Self.pointsPerWeight, Self.maxPoints / max(1, totalWeight)))
         var points: [(UInt64, Int32)] = []
         points.reserveCapacity(totalWeight * perWeight)
         for backend in candidates {
-            isCandidate[backend] = true
-            totalActive += table.active[backend]
             for k in 0..<(table.weight[backend] * perWeight) {
                 points.append((StableHash.mix(table.identity[backend] &+ UInt64(k) &* 0x9E37_79B9_7F4A_7C15), Int32(backend)))
             }
@@ -54,29 +61,30 @@ public final class ConsistentHashStrategy: BalancingStrategy {
         }
         let start = low == ring.count ? 0 : low
         var fallback: Int?
+        var load = -1   // the candidates' connections, read once the first cap check needs it
         for step in 0..<ring.count {
             let backend = Int(owner[(start + step) % ring.count])
             if skip(backend) { continue }
-            if underCap(backend) { return backend }
+            if underCap(backend, load: &load) { return backend }
             if fallback == nil { fallback = backend }
         }
         return fallback
     }
 
-    /// Within the bounded-load cap: active + 1 ≤ factor × (all active + 1) × weight share.
-    private func underCap(_ backend: Int) -> Bool {
+    /// Within the bounded-load cap, counted across the process: connections + 1 ≤ ⌈factor × (all the
+    /// candidates' connections + 1) × weight share⌉. The cap rounds up, so a backend may go past the exact
+    /// factor by less than one connection (1.25 × an average of 10 lets it hold 13).
+    private func underCap(_ backend: Int, load: inout Int) -> Bool {
         guard let factor = balanceFactor, totalWeight > 0 else { return true }
+        let counters = table.processWide
+        if load < 0 {
+            load = counters.total
+            for other in others { load -= counters.count(other) }
+            load = max(0, load)
+        }
         let share = Double(table.weight[backend]) / Double(totalWeight)
-        let cap = (factor * Double(totalActive + 1) * share).rounded(.up)
-        return Double(table.active[backend] + 1) <= cap
-    }
-
-    public func connectionOpened(_ backend: Int) {
-        if backend < isCandidate.count && isCandidate[backend] { totalActive += 1 }
-    }
-
-    public func connectionClosed(_ backend: Int) {
-        if backend < isCandidate.count && isCandidate[backend] { totalActive -= 1 }
+        let cap = (factor * Double(load + 1) * share).rounded(.up)
+        return Double(counters.count(backend) + 1) <= cap
     }
 }
 

@@ -6,6 +6,8 @@ public final class FirstStrategy: BalancingStrategy {
 
     public init() {}
 
+    public var usesEffectiveWeights: Bool { false }
+
     public func rebuild(candidates: [Int]) { self.candidates = candidates.sorted() }
 
     public func pick(_ context: PickContext, skip: (Int) -> Bool) -> Int? {

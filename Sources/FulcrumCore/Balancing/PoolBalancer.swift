@@ -7,7 +7,8 @@
 /// - Limits: a backend at `max_connections` (counted across all workers) is not picked. When every
 ///   eligible backend of the tier is at its limit the answer is `.full` and the engine queues the client.
 /// - Slow start: a backend that becomes eligible ramps its effective weight from 10% to 100% over the
-///   window; `tick(now:)` advances the ramp.
+///   window; `tick(now:)` advances the ramp. Not for strategies that ignore effective weights (`hash`,
+///   `first`), where a ramp would change nothing but cost a rebuild every tick.
 public final class PoolBalancer {
     public enum Pick: Equatable, Sendable {
         case backend(Int)
@@ -42,11 +43,14 @@ public final class PoolBalancer {
     private let slowStart: Microseconds
     private var tiers: [(priority: Int, candidates: [Int], strategy: any BalancingStrategy)] = []
     public private(set) var ramping = false
+    /// Whether the pool's strategy reads effective weights, so that slow start has an effect.
+    private var weighted = true
 
     public init(backends: [Backend], slowStart: Duration = .zero, shared: SharedBackendCounters? = nil,
                 now: Microseconds = 0, makeStrategy: @escaping (BackendTable) -> any BalancingStrategy) {
-        table = BackendTable(weights: backends.map(\.weight), identities: backends.map(\.identity))
-        self.shared = shared ?? SharedBackendCounters(capacity: max(1, backends.count))
+        let shared = shared ?? SharedBackendCounters(capacity: max(1, backends.count))
+        table = BackendTable(weights: backends.map(\.weight), identities: backends.map(\.identity), processWide: shared)
+        self.shared = shared
         self.makeStrategy = makeStrategy
         priority = backends.map(\.priority)
         limit = backends.map { $0.maxConnections ?? Int.max }
@@ -55,6 +59,7 @@ public final class PoolBalancer {
         eligibleSince = Array(repeating: nil, count: backends.count)
         self.slowStart = slowStart.inMicroseconds
         rebuild()
+        weighted = tiers.first?.strategy.usesEffectiveWeights ?? true
     }
 
     // MARK: - Picking
@@ -103,11 +108,12 @@ public final class PoolBalancer {
 
     // MARK: - Changes
 
-    /// Health changed. A backend turning eligible starts its slow start at `now`.
-    public func setEligible(_ backend: Int, _ value: Bool, now: Microseconds) {
+    /// Health changed. A backend turning eligible starts its slow start at `now`, unless `slowStart` is
+    /// false (its first turn at startup, when it is not recovering from anything).
+    public func setEligible(_ backend: Int, _ value: Bool, now: Microseconds, slowStart ramp: Bool = true) {
         guard eligible[backend] != value else { return }
         eligible[backend] = value
-        eligibleSince[backend] = value && slowStart > 0 ? now : nil
+        eligibleSince[backend] = value && ramp && rampsUp ? now : nil
         updateEffectiveWeight(backend, now: now)
         rebuild()
     }
@@ -131,7 +137,7 @@ public final class PoolBalancer {
         limit.append(backend.maxConnections ?? Int.max)
         eligible.append(true)
         removed.append(false)
-        eligibleSince.append(slowStart > 0 ? now : nil)
+        eligibleSince.append(rampsUp ? now : nil)
         updateEffectiveWeight(index, now: now)
         rebuild()
         return index
@@ -155,6 +161,9 @@ public final class PoolBalancer {
         if changed { rebuild() }
         return changed
     }
+
+    /// Whether a backend turning eligible ramps up at all.
+    private var rampsUp: Bool { slowStart > 0 && weighted }
 
     /// Slow start factor: 10% at the start of the window, rising linearly to 100% at its end.
     public static func slowStartFactor(elapsed: Microseconds, window: Microseconds) -> Double {

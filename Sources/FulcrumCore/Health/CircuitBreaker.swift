@@ -4,16 +4,23 @@
 ///            consecutive failures ≥ N, or failure ratio ≥ R over the window (≥ min requests)
 ///   CLOSED ───────────────────────────────────────────────────────────────────────▶ OPEN
 ///     ▲                                                                              │
-///     │ trial succeeds              ejection time elapsed, or an active probe succeeds│
+///     │ a trial succeeds          ejection time over (advance), or an active probe succeeds
 ///     │                                                                              ▼
 ///     └──────────────────────────────────── HALF-OPEN ◀──────────────────────────────┘
-///                       trial fails: OPEN again, with the next (doubled) ejection time
+///                       a trial fails: OPEN again, with the next (doubled) ejection time
 /// ```
 ///
 /// The ejection time is `baseEjection × 2^k`, capped at `maxEjection`, plus up to `jitter` of itself, where
 /// k counts recent ejections; k drops by one for every `baseEjection` spent closed without an ejection.
-/// Half-open admits `halfOpenTrials` real connections at a time. Time is passed in; jitter comes from the
-/// generator the breaker is given, so tests replay exactly.
+///
+/// OPEN → HALF-OPEN is driven by time: `advance(now:)` (or `admit(now:)`) makes the move once the ejection
+/// is over, whether or not a connection asks. Half-open admits `halfOpenTrials` connections at a time; each
+/// admitted connection holds a trial until it reports once: `record(_:trial: true, now:)` with its outcome,
+/// or `abandonTrial()` when it ended without a verdict. Only a trial's outcome closes or re-opens a
+/// half-open breaker; outcomes of other connections (opened before the ejection, or let through by the
+/// max-ejection cap or panic) count while closed and are ignored while open or half-open. Closing starts a
+/// fresh failure window. Time is passed in; jitter comes from the generator the breaker is given, so tests
+/// replay exactly.
 public struct CircuitBreaker: Sendable {
     public struct Settings: Equatable, Sendable {
         public var consecutiveFailures: Int
@@ -60,7 +67,8 @@ public struct CircuitBreaker: Sendable {
     /// Recent ejections, the exponent of the backoff.
     public private(set) var ejections = 0
     public private(set) var consecutive = 0
-    private var trialsInFlight = 0
+    /// Connections holding a half-open trial that have not reported yet.
+    public private(set) var trialsInFlight = 0
     private var lastDecay: Microseconds = 0
     private var random: FastRandom
     // Sliding window of outcomes in one-second buckets.
@@ -72,17 +80,24 @@ public struct CircuitBreaker: Sendable {
         buckets = Array(repeating: (-1, 0, 0), count: max(1, Int((settings.window + 999_999) / 1_000_000)))
     }
 
+    /// Moves an open breaker whose ejection time is over to half-open. Returns true when it did.
+    @discardableResult
+    public mutating func advance(now: Microseconds) -> Bool {
+        guard case .open(let until) = state, now >= until else { return false }
+        state = .halfOpen
+        return true
+    }
+
     /// Whether a new connection may go to this backend now. Moves open to half-open when the ejection
-    /// time is over; in half-open, takes one of the trial slots (give it back with `record`).
+    /// time is over; in half-open, takes one of the trial slots (give it back by reporting the connection's
+    /// outcome with `trial: true`, or with `abandonTrial()`).
     public mutating func admit(now: Microseconds) -> Bool {
+        advance(now: now)
         switch state {
         case .closed:
             return true
-        case .open(let until):
-            guard now >= until else { return false }
-            state = .halfOpen
-            trialsInFlight = 0
-            return admit(now: now)
+        case .open:
+            return false
         case .halfOpen:
             guard trialsInFlight < settings.halfOpenTrials else { return false }
             trialsInFlight += 1
@@ -104,43 +119,51 @@ public struct CircuitBreaker: Sendable {
         return false
     }
 
-    /// Feeds one connection outcome. Returns true when this outcome changed the state.
+    /// Feeds one connection outcome; `trial` says whether the connection holds a half-open trial (taken by
+    /// `admit`), which this gives back. Returns true when this outcome changed the state.
+    ///
+    /// - CLOSED: every outcome counts for the consecutive and ratio rules; enough failures open the breaker.
+    /// - HALF-OPEN: only a trial's outcome counts: a success closes, a failure opens again for the next,
+    ///   doubled, ejection time. Outcomes of other connections are ignored.
+    /// - OPEN: ignored.
     @discardableResult
-    public mutating func record(_ outcome: Outcome, now: Microseconds, allowEjection: Bool = true) -> Bool {
+    public mutating func record(_ outcome: Outcome, trial: Bool, now: Microseconds) -> Bool {
+        if trial { trialsInFlight = max(0, trialsInFlight - 1) }
         decay(now: now)
         let failed = outcome != .success
-        count(failed: failed, now: now)
         switch state {
-        case .halfOpen:
-            trialsInFlight = max(0, trialsInFlight - 1)
-            if failed {
-                eject(now: now)
-            } else {
-                state = .closed
-                consecutive = 0
-                lastDecay = now
-            }
-            return true
-        case .open:
-            return false
         case .closed:
+            count(failed: failed, now: now)
             guard failed else {
                 consecutive = 0
                 return false
             }
             consecutive += 1
-            guard allowEjection, consecutive >= settings.consecutiveFailures || ratioExceeded(now: now) else { return false }
+            guard consecutive >= settings.consecutiveFailures || ratioExceeded(now: now) else { return false }
             eject(now: now)
             return true
+        case .halfOpen:
+            guard trial else { return false }
+            if failed {
+                eject(now: now)
+            } else {
+                close(now: now)
+            }
+            return true
+        case .open:
+            return false
         }
+    }
+
+    /// A connection that held a trial ended without a verdict (the client left first, a hedge lost, a drain
+    /// or idle timeout before any answer): gives its trial slot back and changes nothing else.
+    public mutating func abandonTrial() {
+        trialsInFlight = max(0, trialsInFlight - 1)
     }
 
     /// An active probe succeeded: an open breaker need not wait out its ejection time.
     public mutating func probeSucceeded() {
-        if case .open = state {
-            state = .halfOpen
-            trialsInFlight = 0
-        }
+        if case .open = state { state = .halfOpen }
     }
 
     /// How long the next ejection would last before jitter: base × 2^ejections, capped.
@@ -157,9 +180,17 @@ public struct CircuitBreaker: Sendable {
         }
         ejections += 1
         consecutive = 0
-        trialsInFlight = 0
         state = .open(until: now + duration)
         lastDecay = now
+    }
+
+    /// A trial succeeded: back in rotation with a fresh failure window, so failures from before the
+    /// ejection cannot trip the ratio rule again at once.
+    private mutating func close(now: Microseconds) {
+        state = .closed
+        consecutive = 0
+        lastDecay = now
+        for i in buckets.indices { buckets[i] = (-1, 0, 0) }
     }
 
     /// While closed, every `baseEjection` without an ejection forgets one past ejection.

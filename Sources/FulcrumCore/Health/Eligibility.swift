@@ -36,7 +36,8 @@ public struct HealthSignals: Equatable, Sendable {
 /// - The passive breaker may not eject more than `maxEjectionPercent` of the pool: breakers beyond the cap
 ///   are overruled, the least recently opened first kept out.
 /// - Panic: when fewer than `panicThreshold` of the enabled backends are healthy, every enabled backend is
-///   eligible, because some service beats none.
+///   eligible, because some service beats none. A backend whose active checks have not answered yet
+///   (unknown) counts as possibly healthy: at startup, before the first checks, there is no panic.
 public enum Eligibility {
     public struct Result: Equatable, Sendable {
         public var eligible: [Bool]
@@ -60,8 +61,13 @@ public enum Eligibility {
         }
 
         let healthy = eligible.filter { $0 }.count
+        // Not yet checked is not unhealthy: only a share that stays below the threshold even if every
+        // unknown backend turns out up is a panic.
+        let pending = signals.indices.filter { i in
+            enabled[i] && !eligible[i] && signals[i].activeChecks && signals[i].active == .unknown
+        }.count
         let panic = panicThreshold > 0 && enabledCount > 0
-            && Double(healthy) < Double(enabledCount) * panicThreshold / 100
+            && Double(healthy + pending) < Double(enabledCount) * panicThreshold / 100
         if panic {
             eligible = enabled
         }
