@@ -8,8 +8,6 @@ public final class SharedBackendCounters: @unchecked Sendable {
     public let capacity: Int
     /// Connections to every backend of the pool together.
     private let all = Atomic<Int>(0)
-    /// Clients waiting in any worker's queue for this pool.
-    public let waiting = Atomic<Int>(0)
 
     public init(capacity: Int) {
         self.capacity = capacity
