@@ -12,6 +12,9 @@ public final class Probe {
     public enum Verdict: Equatable, Sendable {
         case pass
         case fail(String)
+        /// The probe could not run for a reason of this proxy's own (out of descriptors or ports): it says
+        /// nothing about the backend.
+        case inconclusive(String)
         /// Read more bytes before judging.
         case needMore
     }
@@ -56,10 +59,10 @@ public final class Probe {
     private func begin(_ endpoint: Endpoint, timeoutMicroseconds: Int64) {
         _ = Unmanaged.passRetained(self)
         fd = socket(endpoint.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return finish(.fail(errnoText(currentErrno))) }
+        guard fd >= 0 else { return finish(Self.failed(ConnectError(errno: currentErrno))) }
         let result = endpoint.withSockaddr { Glibc.connect(fd, $0, $1) }
         if result < 0 && currentErrno != EINPROGRESS {
-            return finish(.fail(ConnectError(errno: currentErrno).description))
+            return finish(Self.failed(ConnectError(errno: currentErrno)))
         }
         let me = Unmanaged.passUnretained(self).toOpaque()
         timer = event_new(base.base, -1, 0, { _, _, context in
@@ -134,6 +137,10 @@ public final class Probe {
     private func timedOut() {
         guard !reply.isEmpty, case .fail(let why) = judge(reply, true) else { return finish(.fail("timed out")) }
         finish(.fail("timed out, \(why)"))
+    }
+
+    private static func failed(_ error: ConnectError) -> Verdict {
+        error.isLocal ? .inconclusive(error.description) : .fail(error.description)
     }
 
     private func finish(_ verdict: Verdict) {

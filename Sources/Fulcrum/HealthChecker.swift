@@ -71,6 +71,14 @@ final class HealthChecker {
     }
 
     private func record(_ target: Target, _ verdict: Probe.Verdict) {
+        if case .inconclusive(let why) = verdict {
+            // The proxy's own resources ran out: the backend's state stays as it was.
+            logger.warning("active check could not run: out of a local resource; the backend's state is unchanged", metadata: [
+                "pool": "\(target.pool.name)", "backend": "\(target.pool.backends[target.backend].address)", "reason": "\(why)",
+            ])
+            target.timer?.schedule(after: target.schedule.nextDelay(for: target.state.state))
+            return
+        }
         let success = verdict == .pass
         var reason: String?
         if case .fail(let why) = verdict { reason = why }

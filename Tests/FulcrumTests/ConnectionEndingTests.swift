@@ -83,6 +83,23 @@ extension Integration {
             #expect(proxy.logCount(containing: "breaker opened") == 0)
         }
 
+        /// An active check that cannot open its socket says nothing about the backend.
+        @Test func checksThatCannotRunForWantOfDescriptorsMarkNothingDown() throws {
+            let a = try TestBackend(.named("a")), b = try TestBackend(.named("b"))
+            let proxy = try FulcrumProcess(config: strategyConfig(balance: "round_robin", backends: [
+                "127.0.0.1:\(a.port)", "127.0.0.1:\(b.port)"],
+                poolExtra: "    health: {check: tcp, interval: 50ms, timeout: 200ms, rise: 20, fall: 1, jitter: 0%}"))
+            try proxy.waitForLog(containing: "backend up", count: 2)
+            let pid = proxy.process.processIdentifier
+            try ProcessStats.setFileLimit(pid, ProcessStats.fileLimit(leaving: 0, pid))
+            try proxy.waitForLog(containing: "active check could not run", count: 4)
+            try ProcessStats.setFileLimit(pid, 4096)
+            var counts: [String: Int] = [:]
+            for _ in 0..<10 { counts[(try? askName(port: proxy.port("front"))) ?? "failed", default: 0] += 1 }
+            #expect(counts["a"] == 5 && counts["b"] == 5, "\(counts)")
+            #expect(proxy.logCount(containing: "backend down") == 0)
+        }
+
         /// With two workers and one slot, clients queued 40 ms apart are served in arrival order, whichever
         /// worker accepted each.
         @Test func queuedClientsAreServedInArrivalOrderAcrossWorkers() throws {
