@@ -178,9 +178,8 @@ final class Session: RelayDelegate, ConnectorDelegate {
         finished = true
         cancelConnects()
         if queued { worker.dequeue(self) }
-        for connector in [connectors.0, connectors.1] {
-            if let connector { worker.giveBack(connector) }
-        }
+        if let connector = connectors.0 { worker.giveBack(connector) }
+        if let connector = connectors.1 { worker.giveBack(connector) }
         connectors = (nil, nil)
         if let relay {
             worker.stats.bytesFromClients &+= relay.bytesFromClient
