@@ -6,6 +6,8 @@ import Logging
 enum WorkerCommand: UInt8 {
     /// Stop accepting, let open connections finish, close what remains at the drain timeout.
     case drain = 0x64 // "d"
+    /// Close every connection and end the loop now (a second signal).
+    case stop = 0x73 // "s"
     /// A backend slot was freed in another worker: serve the pools' queues.
     case serveQueues = 0x71 // "q"
     /// The health checker has new results: read them.
@@ -29,11 +31,11 @@ struct WorkerPlan: Sendable {
     var config: FulcrumConfig
     /// This worker's own listening socket for each listener, in config order.
     var listenerFDs: [Int32]
-    var wakeupFD: Int32
-    var wakeupSender: WakeupSender
+    /// This worker's commands; the engine owns the pipe and closes it after every worker has ended.
+    var wakeup: WakeupPipe
     /// Every worker's wakeup, to tell the others that a backend slot was freed.
     var allWorkers: [WakeupSender]
-    /// Told with this worker's id when the worker's loop has ended.
+    /// Told `Engine.workerStopped` when the worker's loop has ended.
     var engineSender: WakeupSender
     var pools: [PoolShared]
     var seed: UInt64
@@ -73,13 +75,18 @@ final class Worker {
             let pool = pools.first { $0.config.name == listener.pool }!
             listeners.append(Listener(base: base, fd: plan.listenerFDs[index], onAccept: { [unowned self] fd, peer in
                 self.accept(fd, peer: peer, pool: pool)
-            }, onError: { [unowned self] error in
-                self.logger.error("accept failed", metadata: ["listener": "\(listener.name)", "error": "\(error)"])
+            }, onError: { [unowned self] pause in
+                self.logger.error("accept failed, pausing accepts", metadata: [
+                    "listener": "\(listener.name)", "error": "\(pause.error)",
+                    "pause": "\(Duration.microseconds(pause.microseconds).configText)",
+                    "failures_in_a_row": "\(pause.failuresInARow)",
+                ])
             }))
         }
-        wakeup = WakeupReceiver(base: base, receive: plan.wakeupFD, send: plan.wakeupSender) { [unowned self] byte in
+        wakeup = WakeupReceiver(base: base, pipe: plan.wakeup) { [unowned self] byte in
             switch WorkerCommand(rawValue: byte) {
             case .drain: self.drain()
+            case .stop: self.base.exit()
             case .serveQueues: for pool in self.pools { self.serveQueue(pool) }
             case .health: self.refreshHealth()
             case nil: break
@@ -95,7 +102,8 @@ final class Worker {
         }
     }
 
-    /// Runs the loop until the worker has drained; then frees every handle before the base.
+    /// Runs the loop until the worker has drained or is stopped; then closes what is still open and frees
+    /// every handle before the base.
     func run() {
         base.run()
         relays.closeAll(.shutdown)
@@ -111,7 +119,7 @@ final class Worker {
             "connect_failures": "\(stats.connectFailures)", "replays": "\(stats.replays)", "hedges": "\(stats.hedges)",
             "bytes_in": "\(stats.bytesFromClients)", "bytes_out": "\(stats.bytesToClients)",
         ])
-        plan.engineSender.send(UInt8(id))
+        plan.engineSender.send(Engine.workerStopped)
     }
 
     private func accept(_ fd: Int32, peer: Endpoint, pool: PoolRuntime) {
