@@ -79,17 +79,19 @@ extension Integration {
             let proxy = try FulcrumProcess(config: proxyConfig(backends: [(backend.port, 1)], workers: 1,
                                                                extraPool: "    breaker: off\n"),
                                            launcher: ["prlimit", "--nofile=48:48"])
+            let port = proxy.port("front")
+            // Once a client is served the worker's loop is up and holds every descriptor it keeps.
+            let open = try TestSocket.connect(port: port)
+            try open.send("before\n")
+            #expect(try open.receiveLine() == "before")
             // Every client takes two descriptors (its own and its backend's). With an odd number free, the
             // last accept succeeds and the backend socket fails instead; make the number free even, so that
-            // the clients use them up exactly and the next accept is the call that fails.
+            // the clients use them up exactly and the next accept is the call that fails. (The limit bounds
+            // descriptor numbers: those at 48 and above, inherited, do not count.)
             let used = try proxy.openDescriptors().filter { $0 < 48 }.count
             if (48 - used) % 2 == 1 {
                 try runCommand(["prlimit", "--pid", "\(proxy.process.processIdentifier)", "--nofile=47:47"])
             }
-            let port = proxy.port("front")
-            let open = try TestSocket.connect(port: port)
-            try open.send("before\n")
-            #expect(try open.receiveLine() == "before")
 
             let idle = try (0..<40).map { _ in try TestSocket.connect(port: port) }
             try proxy.waitForLog(containing: "accept failed")
