@@ -104,8 +104,14 @@ public final class Engine {
         // the backends that passed already up (each probe is bounded by its check's timeout). Clients that
         // connect meanwhile wait in the listening sockets' queues.
         if health.hasTargets {
-            health.start { if phase == .starting { base.exit() } }
-            base.run()
+            // A probe can finish inside `start` (its socket cannot be created, or its connect fails at
+            // once), so the round may be over before the loop runs, when asking it to exit would be lost.
+            var firstRoundDone = false
+            health.start {
+                firstRoundDone = true
+                if phase == .starting { base.exit() }
+            }
+            if !firstRoundDone { base.run() }
         }
         if phase != .starting {
             for fds in sockets { for fd in fds { Socket.close(fd) } }

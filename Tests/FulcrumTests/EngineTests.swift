@@ -280,5 +280,16 @@ extension Integration {
             #expect(String(decoding: try client.receive(), as: UTF8.self) == "a:hello")
             #expect(proxy.log.contains { $0.contains("fulcrum ready") && $0.contains("1 up, 0 down") })
         }
+
+        /// Every backend refuses: the first round still ends, fulcrum becomes ready and says that nothing
+        /// is up.
+        @Test func aPoolWhoseBackendsAllRefuseStillStarts() throws {
+            let refusing = try RefusingPort()
+            let proxy = try FulcrumProcess(config: proxyConfig(backends: [(refusing.port, 1)], workers: 1, extraPool: """
+                health: {check: tcp, interval: 10s, timeout: 2s}
+
+            """), timeout: 10)
+            #expect(proxy.log.contains { $0.contains("fulcrum ready") && $0.contains("0 up, 1 down") })
+        }
     }
 }
