@@ -7,7 +7,7 @@ SWIFT ?= swift
 
 BUILD_PACKAGES := libevent-dev pkg-config
 RUN_PACKAGES := $(BUILD_PACKAGES) redis-server redis-tools
-TEST_PACKAGES := $(BUILD_PACKAGES) valgrind binutils python3 redis-server
+TEST_PACKAGES := $(BUILD_PACKAGES) valgrind binutils python3 redis-server faketime
 
 # The release build; the Dockerfile runs exactly this.
 RELEASE_FLAGS := -c release --static-swift-stdlib --product fulcrum

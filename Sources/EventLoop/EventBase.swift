@@ -14,6 +14,14 @@ public final class EventBase {
         let config = event_config_new()
         // Each base is confined to one thread, so libevent need not lock it.
         event_config_set_flag(config, Int32(EVENT_BASE_FLAG_NOLOCK.rawValue))
+        // Not EVENT_BASE_FLAG_PRECISE_TIMER: with it libevent 2.1's epoll backend waits on a timerfd and
+        // calls timerfd_settime before every epoll_wait, one more system call per loop iteration (measured:
+        // 4,006 timerfd_settime for 4,004 epoll_wait over 2,000 proxied round trips, ~740 ns each here,
+        // against ~150 ns for a trivial system call). Its timers then stay on CLOCK_MONOTONIC_COARSE
+        // (4 ms steps), still immune to wall-clock steps; only the times Fulcrum computes with need
+        // precision, and it reads them from `monotonicMicroseconds`. A timer may therefore fire up to one
+        // coarse step before a deadline computed from the precise clock: every handler of a deadline
+        // (idle, queue, ejection) re-arms for what remains.
         guard let base = event_base_new_with_config(config) else {
             fatalError("libevent could not create an event base")
         }
@@ -40,13 +48,28 @@ public final class EventBase {
     /// The backend libevent chose (epoll, kqueue, ...), for the startup log.
     public var method: String { String(cString: event_base_get_method(base)) }
 
-    /// The loop's cached time of day in microseconds; no system call while a callback runs.
+    /// Now, in microseconds on the monotonic clock: every deadline (idle, queue, ejection, slow start) and
+    /// every latency sample is computed from it, so a step of the wall clock (NTP, an operator, a VM
+    /// resuming) moves none of them.
+    ///
+    /// Read with `clock_gettime(CLOCK_MONOTONIC)`, which the kernel serves from the vDSO without a system
+    /// call: about 29 ns on this project's machines (TSC clock source), against about 6 ns for libevent's
+    /// `event_base_gettimeofday_cached`, which it replaces. That cached value is libevent's loop time plus
+    /// a wall-clock offset it re-reads every 5 seconds, so a wall-clock step moved every deadline by the
+    /// step; libevent offers no cached monotonic reading. The ~23 ns difference is about 1% of a forwarded
+    /// chunk (a `read` and a `send` system call, 2 µs or more), and callers already read it once per
+    /// callback and pass the value on. The coarse clock (CLOCK_MONOTONIC_COARSE, ~10 ns) was not taken: its
+    /// 4 ms steps would quantize peak_ewma's latency samples.
     @inline(__always)
-    public var cachedMicroseconds: Int64 {
-        var tv = timeval()
-        event_base_gettimeofday_cached(base, &tv)
-        return Int64(tv.tv_sec) * 1_000_000 + Int64(tv.tv_usec)
+    public var monotonicMicroseconds: Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int64(ts.tv_sec) &* 1_000_000 &+ Int64(ts.tv_nsec / 1_000)
     }
+
+    /// The same clock as `monotonicMicroseconds`, under the name the relay reads it by.
+    @inline(__always)
+    public var cachedMicroseconds: Int64 { monotonicMicroseconds }
 }
 
 @inline(__always)

@@ -5,14 +5,23 @@ import Glibc
 public enum Socket {
     /// A non-blocking listening TCP socket bound to `endpoint`. With `reusePort`, several sockets (one per
     /// worker) can bind the same address and the kernel spreads new connections across them.
-    public static func listen(_ endpoint: Endpoint, reusePort: Bool, backlog: Int32) throws(SystemError) -> Int32 {
+    ///
+    /// The first socket of such a group passes `claim: true`: it binds *without* SO_REUSEPORT, so the bind
+    /// fails with EADDRINUSE when any socket of any process already holds the address (with SO_REUSEPORT
+    /// alone, a second process of the same user would silently share the port), and turns SO_REUSEPORT on
+    /// only after the bind, so the process's other sockets can join it. Linux checks SO_REUSEPORT
+    /// conflicts at bind time and forms the group at `listen`, so there is no window in which another
+    /// process could slip in.
+    public static func listen(_ endpoint: Endpoint, reusePort: Bool, claim: Bool = false,
+                              backlog: Int32) throws(SystemError) -> Int32 {
         let fd = try syscall("socket") { socket(endpoint.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
         do throws(SystemError) {
             try setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
-            if reusePort { try setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1) }
+            if reusePort && !claim { try setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1) }
             if endpoint.family == AF_INET6 { try setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1) }
             let bound = endpoint.withSockaddr { addr, len in bind(fd, addr, len) }
             if bound < 0 { throw SystemError("bind \(endpoint)", errno: currentErrno) }
+            if reusePort && claim { try setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1) }
             try syscall("listen \(endpoint)") { Glibc.listen(fd, backlog) }
         } catch {
             Glibc.close(fd)

@@ -37,18 +37,30 @@ public final class SignalWatcher {
     private var event: OpaquePointer?
     private let handler: (Int32) -> Void
 
-    /// Also unblocks `signal` for the calling thread: a parent may hand down a mask that blocks it.
+    /// Installs the handler, then unblocks `signal` for the calling thread: a parent may hand down a mask
+    /// that blocks it, and a signal that arrived while it was blocked (see `block`) is delivered to the
+    /// handler instead of taking the default action.
     public init(base: EventBase, signal: Int32, handler: @escaping (Int32) -> Void) {
         self.handler = handler
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, signal)
-        pthread_sigmask(SIG_UNBLOCK, &set, nil)
         event = event_new(base.base, signal, Int16(EV_SIGNAL | EV_PERSIST), { fd, _, context in
             Unmanaged<SignalWatcher>.fromOpaque(context!).takeUnretainedValue().handler(fd)
         }, Unmanaged.passUnretained(self).toOpaque())
         event_add(event, nil)
+        SignalWatcher.setMask(SIG_UNBLOCK, [signal])
     }
 
     deinit { freeEvent(event) }
+
+    /// Blocks `signals` for the calling thread (and the threads it starts later): until a watcher is
+    /// installed they stay pending instead of taking their default action.
+    public static func block(_ signals: [Int32]) {
+        setMask(SIG_BLOCK, signals)
+    }
+
+    static func setMask(_ how: Int32, _ signals: [Int32]) {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in signals { sigaddset(&set, signal) }
+        pthread_sigmask(how, &set, nil)
+    }
 }

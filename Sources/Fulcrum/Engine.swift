@@ -5,9 +5,34 @@ import Logging
 
 /// Runs a configuration: binds every listener, starts one worker thread per core (or as configured),
 /// and handles SIGTERM/SIGINT with a graceful drain.
+///
+/// ```text
+///   starting ──first round of active checks done (bounded by their timeout)──▶ serving
+///      │                                                                          │
+///      │ SIGTERM/SIGINT: nothing was served yet, exit 0      first SIGTERM/SIGINT │
+///      ▼                                                                          ▼
+///    exit 0            draining ──every worker drained (or drain_timeout)──▶ exit 0
+///                         │
+///                         │ second signal: workers close every connection at once
+///                         ▼
+///                      stopping ──workers joined (at most 1 s)──▶ exit 1
+/// ```
 public final class Engine {
     public let config: FulcrumConfig
     private var logger: Logger
+
+    enum Phase { case starting, serving, draining, stopping }
+
+    /// The signals that stop the engine; held pending from the start (`holdStopSignals`) until the
+    /// engine's watchers are installed.
+    static let stopSignals = [SIGTERM, SIGINT]
+    /// Blocked in worker threads: every signal is the engine thread's to handle.
+    static let workerBlockedSignals = [SIGTERM, SIGINT, SIGHUP]
+    /// After a second signal, how long the workers may take to close everything before the process exits
+    /// without them.
+    static let forcedStopMicroseconds: Int64 = 1_000_000
+    /// What a worker sends the engine when its loop has ended.
+    static let workerStopped: UInt8 = 0x66 // "f"
 
     public init(config: FulcrumConfig, logger: Logger) {
         self.config = config
@@ -21,77 +46,137 @@ public final class Engine {
         }
     }
 
+    /// Keeps SIGTERM and SIGINT pending on the calling thread until `run` watches them, so that a signal
+    /// that arrives while the configuration is read or the listeners are bound stops Fulcrum like any
+    /// other instead of killing it. Call it first thing; `run` calls it too.
+    public static func holdStopSignals() {
+        SignalWatcher.block(stopSignals)
+    }
+
     /// Binds, serves until a signal and a drain, and returns the process exit status.
     public func run() throws(SystemError) -> Int32 {
+        Engine.holdStopSignals()
         Socket.ignoreSIGPIPE()
         let fileLimit = Socket.raiseFileLimit()
         let workers = workerCount
-        let sockets = try bindListeners(workers: workers)
-
         let base = EventBase()
-        let (engineFD, engineSender) = try WakeupReceiver.makePipe()
-        var threads: [LoopThread] = []
-        var pipes: [(receive: Int32, send: WakeupSender)] = []
-        for _ in 0..<workers { pipes.append(try WakeupReceiver.makePipe()) }
-        let senders = pipes.map(\.send)
+
+        var phase = Phase.starting
+        var senders: [WakeupSender] = []
+        var checker: HealthChecker?
+        let forcedStop = Timer(base: base) { base.exit() }
+        let onSignal: (Int32) -> Void = { [logger, config] number in
+            let name = number == SIGTERM ? "SIGTERM" : "SIGINT"
+            switch phase {
+            case .starting, .serving:
+                logger.info("\(name) received: stopping", metadata: [
+                    "drain_timeout": "\(config.drainTimeout.configText)",
+                ])
+                checker?.stop()
+                if phase == .starting { base.exit() }
+                phase = .draining
+                for sender in senders { sender.send(WorkerCommand.drain.rawValue) }
+            case .draining:
+                logger.warning("second \(name): closing every connection and exiting with status 1")
+                phase = .stopping
+                for sender in senders { sender.send(WorkerCommand.stop.rawValue) }
+                forcedStop.schedule(after: Engine.forcedStopMicroseconds)
+            case .stopping:
+                break
+            }
+        }
+        // Watch before anything else starts: a signal from here on drains instead of killing.
+        let watchers = Engine.stopSignals.map { SignalWatcher(base: base, signal: $0, handler: onSignal) }
+
+        let sockets = try bindListeners(workers: workers)
+        // Every wakeup pipe stays open until every thread that could write to it has been joined.
+        let enginePipe = try WakeupPipe()
+        var pipes: [WakeupPipe] = []
+        for _ in 0..<workers { pipes.append(try WakeupPipe()) }
+        senders = pipes.map(\.sender)
         let pools = config.pools.map { PoolShared(pool: $0, workers: workers) }
-        let seed = UInt64(truncatingIfNeeded: base.cachedMicroseconds) ^ UInt64(getpid())
+        let seed = UInt64(truncatingIfNeeded: base.monotonicMicroseconds) ^ UInt64(getpid())
+        let health = HealthChecker(base: base, config: config, shared: pools.map(\.health), workers: senders,
+                                   seed: seed, logger: logger)
+        checker = health
+
+        // The first round of active checks runs before any worker starts, so that the first clients find
+        // the backends that passed already up (each probe is bounded by its check's timeout). Clients that
+        // connect meanwhile wait in the listening sockets' queues.
+        if health.hasTargets {
+            // A probe can finish inside `start` (its socket cannot be created, or its connect fails at
+            // once), so the round may be over before the loop runs, when asking it to exit would be lost.
+            var firstRoundDone = false
+            health.start {
+                firstRoundDone = true
+                if phase == .starting { base.exit() }
+            }
+            if !firstRoundDone { base.run() }
+        }
+        if phase != .starting {
+            for fds in sockets { for fd in fds { Socket.close(fd) } }
+            withExtendedLifetime(watchers) {}
+            logger.info("stopped before serving")
+            return 0
+        }
+        phase = .serving
+
+        var finished = 0
+        var done: WakeupReceiver? = WakeupReceiver(base: base, pipe: enginePipe) { _ in
+            finished += 1
+            if finished == workers { base.exit() }
+        }
+        var threads: [LoopThread] = []
         for id in 0..<workers {
-            let plan = WorkerPlan(id: id, config: config, listenerFDs: sockets.map { $0[id] }, wakeupFD: pipes[id].receive,
-                                  wakeupSender: pipes[id].send, allWorkers: senders, engineSender: engineSender,
-                                  pools: pools, seed: seed, logger: logger)
-            threads.append(LoopThread.spawn(name: "fulcrum-w\(id)") {
+            let plan = WorkerPlan(id: id, config: config, listenerFDs: sockets.map { $0[id] }, wakeup: pipes[id],
+                                  allWorkers: senders, engineSender: enginePipe.sender, pools: pools, seed: seed,
+                                  logger: logger)
+            threads.append(LoopThread.spawn(name: "fulcrum-w\(id)", blockedSignals: Engine.workerBlockedSignals) {
                 let worker = Worker(plan: plan)
                 worker.run()
             })
         }
-
-        let checker = HealthChecker(base: base, config: config, shared: pools.map(\.health), workers: senders,
-                                    seed: seed, logger: logger)
-        var finished = 0
-        var signals = 0
-        let done = WakeupReceiver(base: base, receive: engineFD, send: engineSender) { _ in
-            finished += 1
-            if finished == workers { base.exit() }
-        }
-        let onSignal: (Int32) -> Void = { [logger, config] number in
-            signals += 1
-            let name = number == SIGTERM ? "SIGTERM" : "SIGINT"
-            if signals > 1 {
-                logger.warning("second \(name), exiting at once")
-                exit(1)
-            }
-            logger.info("\(name) received: stopping", metadata: [
-                "drain_timeout": "\(config.drainTimeout.configText)",
-            ])
-            checker.stop()
-            for sender in senders { sender.send(WorkerCommand.drain.rawValue) }
-        }
-        let watchers = [SIGTERM, SIGINT].map { SignalWatcher(base: base, signal: $0, handler: onSignal) }
-        checker.start()
-        logger.info("fulcrum ready", metadata: [
+        var ready: Logger.Metadata = [
             "workers": "\(workers)", "event_method": "\(base.method)", "file_limit": "\(fileLimit)",
-        ])
+        ]
+        if health.hasTargets { ready["first_checks"] = "\(health.summary)" }
+        logger.info("fulcrum ready", metadata: ready)
         base.run()
+        health.stop()
+
+        if phase == .stopping && finished < workers {
+            logger.error("workers did not stop in time, exiting without them", metadata: [
+                "stopped": "\(finished)", "workers": "\(workers)",
+            ])
+            return 1
+        }
         for thread in threads { thread.join() }
-        checker.stop()
-        withExtendedLifetime((done, watchers, checker)) {}
+        done = nil
+        for pipe in pipes { pipe.close() }
+        enginePipe.close()
+        withExtendedLifetime((done, watchers, forcedStop)) {}
+        if phase == .stopping {
+            logger.warning("stopped: open connections were closed")
+            return 1
+        }
         logger.info("stopped: all connections drained")
         return 0
     }
 
     /// One listening socket per listener per worker, all sharing the listener's address through
-    /// SO_REUSEPORT. Port 0 is resolved by the first bind and reused for the rest.
+    /// SO_REUSEPORT. The first one claims the address (the bind fails if any other process holds it);
+    /// port 0 is resolved by that first bind and reused for the rest.
     private func bindListeners(workers: Int) throws(SystemError) -> [[Int32]] {
         var all: [[Int32]] = []
         do throws(SystemError) {
             for listener in config.listeners {
                 var endpoint = Endpoint(listener.address)
                 var fds: [Int32] = []
-                for _ in 0..<workers {
+                for index in 0..<workers {
                     let fd: Int32
                     do throws(SystemError) {
-                        fd = try Socket.listen(endpoint, reusePort: true, backlog: Int32(listener.backlog))
+                        fd = try Socket.listen(endpoint, reusePort: true, claim: index == 0,
+                                               backlog: Int32(listener.backlog))
                     } catch {
                         for fd in fds { Socket.close(fd) }
                         throw error

@@ -9,6 +9,9 @@ final class HealthChecker {
     private var logger: Logger
     private let workers: [WakeupSender]
     private var targets: [Target] = []
+    /// Targets still waiting for their first verdict, and what to call once none is.
+    private var awaitingFirstVerdict = 0
+    private var firstRoundDone: (() -> Void)?
 
     final class Target {
         let pool: FulcrumConfig.Pool
@@ -19,6 +22,7 @@ final class HealthChecker {
         var state: ActiveHealth
         var schedule: ProbeSchedule
         var timer: Timer?
+        var judged = false
 
         init(pool: FulcrumConfig.Pool, backend: Int, health: FulcrumConfig.Health, shared: SharedHealth, seed: UInt64) {
             self.pool = pool
@@ -46,8 +50,21 @@ final class HealthChecker {
         }
     }
 
-    /// Probes every backend now, then on its schedule.
-    func start() {
+    var hasTargets: Bool { !targets.isEmpty }
+
+    /// How many checked backends are up and down, for the startup log.
+    var summary: String {
+        let up = targets.filter { $0.state.state == .up }.count
+        let down = targets.filter { $0.state.state == .down }.count
+        return "\(up) up, \(down) down"
+    }
+
+    /// Probes every backend now, then on its schedule. `firstRoundDone` is called once every backend has
+    /// its first verdict; each probe is bounded by its check's timeout, so that takes at most the longest
+    /// timeout.
+    func start(firstRoundDone: @escaping () -> Void = {}) {
+        awaitingFirstVerdict = targets.count
+        self.firstRoundDone = firstRoundDone
         for target in targets {
             target.timer = Timer(base: base) { [unowned self, unowned target] in self.probe(target) }
             probe(target)
@@ -55,6 +72,7 @@ final class HealthChecker {
     }
 
     func stop() {
+        firstRoundDone = nil
         for target in targets {
             target.timer?.cancel()
             target.timer = nil
@@ -100,6 +118,14 @@ final class HealthChecker {
             for worker in workers { worker.send(WorkerCommand.health.rawValue) }
         }
         target.timer?.schedule(after: target.schedule.nextDelay(for: target.state.state))
+        if !target.judged {
+            target.judged = true
+            awaitingFirstVerdict -= 1
+            if awaitingFirstVerdict == 0, let done = firstRoundDone {
+                firstRoundDone = nil
+                done()
+            }
+        }
     }
 
     static func name(_ check: FulcrumConfig.Health.Check) -> String {

@@ -160,7 +160,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
         case .queueFull: why = "every backend is at max_connections and the queue is full (\(pool.config.queue.size))"
         case .queueTimeout: why = "queue timeout: no backend slot freed within \(pool.config.queue.timeout.configText)"
         case .retryBudget: why = "retry budget exhausted, not retrying"
-        case .localError: why = "this proxy is out of a local resource (descriptors or ports)"
+        case .localError: why = "this proxy is out of a local resource (descriptors or ports); no backend is blamed"
         default: why = ""
         }
         if !why.isEmpty {
@@ -209,6 +209,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
             let now = worker.now
             pool.balancer.observe(latency: now - (leg == .primary ? connectStarted.0 : connectStarted.1), backend: backend, now: now)
         }
+        worker.backendConnected()
         drive(.connected(leg))
         // Not attached (the client ended meanwhile): drop the socket.
         if connector.isPending { connector.cancel() }
@@ -221,9 +222,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
     private func connectFailed(_ leg: Lifecycle.Leg, backend: Int, _ error: ConnectError) {
         lastError = error.description
         if error.isLocal {
-            worker.logger.error("cannot open a connection to a backend: out of a local resource; the backend is not blamed", metadata: [
-                "pool": "\(pool.config.name)", "backend": "\(address(backend))", "reason": "\(error)",
-            ])
+            worker.outOfLocalResources(error)
             return
         }
         worker.stats.connectFailures += 1

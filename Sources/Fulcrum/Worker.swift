@@ -6,6 +6,8 @@ import Logging
 enum WorkerCommand: UInt8 {
     /// Stop accepting, let open connections finish, close what remains at the drain timeout.
     case drain = 0x64 // "d"
+    /// Close every connection and end the loop now (a second signal).
+    case stop = 0x73 // "s"
     /// A backend slot was freed in another worker: serve the pools' queues.
     case serveQueues = 0x71 // "q"
     /// The health checker has new results: read them.
@@ -29,11 +31,11 @@ struct WorkerPlan: Sendable {
     var config: FulcrumConfig
     /// This worker's own listening socket for each listener, in config order.
     var listenerFDs: [Int32]
-    var wakeupFD: Int32
-    var wakeupSender: WakeupSender
+    /// This worker's commands; the engine owns the pipe and closes it after every worker has ended.
+    var wakeup: WakeupPipe
     /// Every worker's wakeup, to tell the others that a backend slot was freed.
     var allWorkers: [WakeupSender]
-    /// Told with this worker's id when the worker's loop has ended.
+    /// Told `Engine.workerStopped` when the worker's loop has ended.
     var engineSender: WakeupSender
     var pools: [PoolShared]
     var seed: UInt64
@@ -58,6 +60,8 @@ final class Worker {
     private var draining = false
     private var servingQueues = false
     private var spareConnectors: [Connector] = []
+    private var localPause: Int64 = 0
+    private var localFailures = 0
 
     init(plan: WorkerPlan) {
         self.plan = plan
@@ -74,13 +78,18 @@ final class Worker {
             let pool = pools.first { $0.config.name == listener.pool }!
             listeners.append(Listener(base: base, fd: plan.listenerFDs[index], onAccept: { [unowned self] fd, peer in
                 self.accept(fd, peer: peer, pool: pool)
-            }, onError: { [unowned self] error in
-                self.logger.error("accept failed", metadata: ["listener": "\(listener.name)", "error": "\(error)"])
+            }, onError: { [unowned self] pause in
+                self.logger.error("accept failed, pausing accepts", metadata: [
+                    "listener": "\(listener.name)", "error": "\(pause.error)",
+                    "pause": "\(Duration.microseconds(pause.microseconds).configText)",
+                    "failures_in_a_row": "\(pause.failuresInARow)",
+                ])
             }))
         }
-        wakeup = WakeupReceiver(base: base, receive: plan.wakeupFD, send: plan.wakeupSender) { [unowned self] byte in
+        wakeup = WakeupReceiver(base: base, pipe: plan.wakeup) { [unowned self] byte in
             switch WorkerCommand(rawValue: byte) {
             case .drain: self.drain()
+            case .stop: self.base.exit()
             case .serveQueues: for pool in self.pools { self.serveQueue(pool) }
             case .health: self.refreshHealth()
             case nil: break
@@ -97,7 +106,8 @@ final class Worker {
         }
     }
 
-    /// Runs the loop until the worker has drained; then frees every handle before the base.
+    /// Runs the loop until the worker has drained or is stopped; then closes what is still open and frees
+    /// every handle before the base.
     func run() {
         base.run()
         relays.closeAll(.shutdown)
@@ -117,7 +127,7 @@ final class Worker {
             "connect_failures": "\(stats.connectFailures)", "replays": "\(stats.replays)", "hedges": "\(stats.hedges)",
             "bytes_in": "\(stats.bytesFromClients)", "bytes_out": "\(stats.bytesToClients)",
         ])
-        plan.engineSender.send(UInt8(id))
+        plan.engineSender.send(Engine.workerStopped)
     }
 
     private func accept(_ fd: Int32, peer: Endpoint, pool: PoolRuntime) {
@@ -133,6 +143,30 @@ final class Worker {
 
     /// The loop's current time in microseconds.
     var now: Int64 { base.cachedMicroseconds }
+
+    // MARK: - Local resources
+
+    /// A backend socket could not be opened for want of this process's own resources: accepting more
+    /// clients now would only close them at once, so accepting pauses (10 ms, doubling to 100 ms while it
+    /// goes on), logged once per pause.
+    func outOfLocalResources(_ error: ConnectError) {
+        localFailures += 1
+        localPause = localPause == 0 ? 10_000 : min(localPause * 2, 100_000)
+        for listener in listeners { listener.pause(for: localPause) }
+        logger.error("cannot open backend connections: out of a local resource, pausing accepts", metadata: [
+            "error": "\(error)", "pause": "\(Duration.microseconds(localPause).configText)",
+            "failures_in_a_row": "\(localFailures)",
+        ])
+    }
+
+    /// A backend connection opened: the local back-off, if any, is over.
+    @inline(__always)
+    func backendConnected() {
+        if localPause != 0 {
+            localPause = 0
+            localFailures = 0
+        }
+    }
 
     // MARK: - Connectors
 

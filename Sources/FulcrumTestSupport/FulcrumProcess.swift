@@ -81,12 +81,24 @@ public final class FulcrumProcess: @unchecked Sendable {
     /// The port each listener bound, by listener name.
     public private(set) var ports: [String: UInt16] = [:]
 
-    /// Starts `fulcrum run` on `yaml` and waits (at most `timeout` seconds) until it is ready.
-    public init(config yaml: String, timeout: Double = 20) throws {
+    /// Starts `fulcrum run` on `yaml` and waits (at most `timeout` seconds) until it has logged
+    /// `readyLine` (nil: does not wait). `launcher` runs before it (e.g. `["prlimit", "--nofile=48:48"]`,
+    /// which executes fulcrum in its own process); `environment` is added to the test's own.
+    public init(config yaml: String, timeout: Double = 20, launcher: [String] = [],
+                environment: [String: String] = [:], readyLine: String? = "fulcrum ready") throws {
         directory = try TemporaryDirectory()
         let path = try directory.write("fulcrum.yaml", yaml)
-        process.executableURL = fulcrumExecutable()
-        process.arguments = ["run", "--config", path]
+        let command = [fulcrumExecutable().path, "run", "--config", path]
+        if launcher.isEmpty {
+            process.executableURL = fulcrumExecutable()
+            process.arguments = Array(command.dropFirst())
+        } else {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = launcher + command
+        }
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         let pipe = Pipe()
         process.standardError = pipe
         process.standardOutput = pipe
@@ -95,7 +107,7 @@ public final class FulcrumProcess: @unchecked Sendable {
         let collector = self.collector
         Thread.detachNewThread { collector.read(handle) }
         do {
-            try waitForLog(containing: "fulcrum ready", timeout: timeout)
+            if let readyLine { try waitForLog(containing: readyLine, timeout: timeout) }
         } catch {
             stop()
             throw error
@@ -143,6 +155,27 @@ public final class FulcrumProcess: @unchecked Sendable {
     }
 
     public func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+
+    /// Bytes logged so far, newlines included.
+    public var logBytes: Int { log.reduce(0) { $0 + $1.utf8.count + 1 } }
+
+    /// CPU time the process has used so far, user and system, in seconds (from /proc/PID/stat).
+    public func cpuSeconds() throws -> Double {
+        let stat = try String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8)
+        // Fields after the command name, which is in parentheses and may hold spaces: utime and stime
+        // are the 14th and 15th fields of the line, the 12th and 13th after it.
+        guard let close = stat.lastIndex(of: ")") else { throw TestSocketError("bad /proc stat line", errno: 0) }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else {
+            throw TestSocketError("bad /proc stat line: \(stat)", errno: 0)
+        }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    /// The process's open descriptors, by number.
+    public func openDescriptors() throws -> [Int32] {
+        try FileManager.default.contentsOfDirectory(atPath: "/proc/\(process.processIdentifier)/fd").compactMap { Int32($0) }
+    }
 
     /// Waits for the process to exit and returns its status; throws (after killing it) past `timeout`.
     public func waitForExit(timeout: Double = 10) throws -> Int32 {

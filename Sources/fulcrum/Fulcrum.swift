@@ -37,7 +37,8 @@ extension FulcrumCommand {
             abstract: "Serve the configuration until SIGTERM or SIGINT, then drain and exit.",
             discussion: """
             On the first SIGTERM or SIGINT Fulcrum stops accepting, lets open connections finish for up to \
-            drain_timeout, and exits 0. A second signal exits at once with status 1.
+            drain_timeout, and exits 0; a signal during start-up stops it the same way. A second signal \
+            closes every open connection at once and exits with status 1.
             """
         )
 
@@ -54,6 +55,8 @@ extension FulcrumCommand {
         }
 
         func run() throws {
+            // Until the engine watches them, a stop signal waits instead of killing the process.
+            Engine.holdStopSignals()
             let level = Logger.Level(rawValue: logLevel)!
             LoggingSystem.bootstrap { label in
                 var handler = StreamLogHandler.standardError(label: label)

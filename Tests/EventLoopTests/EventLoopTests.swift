@@ -27,9 +27,10 @@ struct EventLoopTests {
 
     @Test func wakeupCarriesCommandsFromAnotherThread() throws {
         let base = EventBase()
-        let (fd, sender) = try WakeupReceiver.makePipe()
+        let pipe = try WakeupPipe()
+        let sender = pipe.sender
         var received: [UInt8] = []
-        let receiver = WakeupReceiver(base: base, receive: fd, send: sender) { byte in
+        let receiver = WakeupReceiver(base: base, pipe: pipe) { byte in
             received.append(byte)
             if received.count == 3 { base.exit() }
         }
@@ -55,6 +56,25 @@ struct EventLoopTests {
             defer { Socket.close(a) }
             _ = try Socket.listen(Endpoint(ipv4: (127, 0, 0, 1), port: try Socket.localEndpoint(a).port),
                                   reusePort: false, backlog: 1)
+        }
+    }
+
+    @Test func aClaimedAddressTakesThisProcessesSocketsButNoSecondClaim() throws {
+        let first = try Socket.listen(Endpoint(ipv4: (127, 0, 0, 1), port: 0), reusePort: true, claim: true, backlog: 16)
+        defer { Socket.close(first) }
+        let port = try Socket.localEndpoint(first).port
+        // The group's other sockets join it...
+        let second = try Socket.listen(Endpoint(ipv4: (127, 0, 0, 1), port: port), reusePort: true, backlog: 16)
+        defer { Socket.close(second) }
+        // ...but a claim, as another instance would make, fails, and so does the wildcard address.
+        for bytes in [(UInt8(127), UInt8(0), UInt8(0), UInt8(1)), (0, 0, 0, 0)] {
+            do {
+                let third = try Socket.listen(Endpoint(ipv4: bytes, port: port), reusePort: true, claim: true, backlog: 16)
+                Socket.close(third)
+                Issue.record("a second claim of port \(port) succeeded")
+            } catch {
+                #expect(error.errno == EADDRINUSE)
+            }
         }
     }
 

@@ -149,6 +149,48 @@ pools:
         #expect(found.first?.message.contains("already used by the listener on line 3") == true)
     }
 
+    @Test func aWildcardListenerBesideASpecificOneOnTheSamePortIsRejected() {
+        let found = diagnostics("""
+        listeners:
+          - name: any
+            listen: 0.0.0.0:7000
+            pool: app
+          - name: local
+            listen: 127.0.0.1:7000
+            pool: app
+          - name: v6local
+            listen: "[::1]:7001"
+            pool: app
+          - name: v6any
+            listen: "[::]:7001"
+            pool: app
+          - name: other-port
+            listen: 127.0.0.1:7002
+            pool: app
+        \(onePool)
+        """)
+        #expect(found.map(\.line) == [6, 12])
+        #expect(found.map(\.keyPath) == ["listeners[1].listen", "listeners[3].listen"])
+        #expect(found.first?.message == "address 127.0.0.1:7000 overlaps 0.0.0.0:7000 of the listener on line 3: 0.0.0.0:7000 already takes every address of its family on port 7000")
+        #expect(found.first?.hint == "listen on 0.0.0.0:7000 once, or give the listeners different ports")
+        #expect(found.last?.message.contains("overlaps [::1]:7001 of the listener on line 9: [::]:7001 already takes") == true)
+    }
+
+    @Test func ipv6AndIPv4WildcardsOnOnePortListenSideBySide() throws {
+        // IPv6 listeners are IPv6-only: [::] does not take IPv4 connections, so this is dual-stack.
+        let config = try ConfigLoader.load(text: """
+        listeners:
+          - name: v4
+            listen: 0.0.0.0:7000
+            pool: app
+          - name: v6
+            listen: "[::]:7000"
+            pool: app
+        \(onePool)
+        """, file: "test.yaml")
+        #expect(config.listeners.count == 2)
+    }
+
     @Test func duplicateListenerName() {
         let found = diagnostics("""
         listeners:

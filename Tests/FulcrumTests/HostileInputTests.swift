@@ -121,6 +121,8 @@ extension Integration {
             let cpu = ProcessStats.cpuSeconds(pid) - cpuBefore
             let elapsed = Date().timeIntervalSince(started)
             #expect(cpu < 0.5 * elapsed, "the proxy used \(cpu) s of CPU in \(elapsed) s while out of descriptors")
+            let logBytes = proxy.log.reduce(0) { $0 + $1.utf8.count }
+            #expect(logBytes < 200_000, "\(logBytes) bytes of log while out of descriptors")
             for fd in flood where fd >= 0 { close(fd) }
             try ProcessStats.setFileLimit(pid, 4096)
             // Once the flood is gone, new clients are served again.

@@ -56,6 +56,25 @@ public enum ConfigLoader {
                              listeners: listeners, pools: pools)
     }
 
+    /// Two listen addresses of one family on one port, one of them the wildcard (0.0.0.0 or [::]): the
+    /// wildcard socket would take the other's connections, or the other the wildcard's, depending on
+    /// which the kernel finds more specific. IPv6 listeners are IPv6-only, so [::] and an IPv4 address
+    /// do not overlap.
+    static func overlap(_ a: SocketAddress, _ b: SocketAddress) -> Bool {
+        guard a != b, a.port == b.port, isWildcard(a) || isWildcard(b) else { return false }
+        switch (a, b) {
+        case (.ipv4, .ipv4), (.ipv6, .ipv6): return true
+        default: return false
+        }
+    }
+
+    static func isWildcard(_ address: SocketAddress) -> Bool {
+        switch address {
+        case .ipv4(let a, _): return a == (0, 0, 0, 0)
+        case .ipv6(let bytes, _): return bytes.allSatisfy { $0 == 0 }
+        }
+    }
+
     private static func buildListeners(_ top: Fields, pools: [FulcrumConfig.Pool],
                                        _ r: inout YAMLReader) -> [FulcrumConfig.Listener] {
         guard let node = top["listeners"] else {
@@ -88,6 +107,12 @@ public enum ConfigLoader {
                 if let line = addressesSeen[address] {
                     r.report(f["listen"], f.path("listen"), "address \(address) is already used by the listener on line \(line)",
                              hint: "give each listener its own address or port")
+                } else if let (other, line) = addressesSeen.filter({ Self.overlap($0.key, address) })
+                            .min(by: { $0.value < $1.value }) {
+                    let wildcard = Self.isWildcard(other) ? other : address
+                    r.report(f["listen"], f.path("listen"),
+                             "address \(address) overlaps \(other) of the listener on line \(line): \(wildcard) already takes every address of its family on port \(address.port)",
+                             hint: "listen on \(wildcard) once, or give the listeners different ports")
                 }
                 addressesSeen[address] = f["listen"]?.mark?.line ?? 0
             }
