@@ -48,28 +48,32 @@ public final class EventBase {
     /// The backend libevent chose (epoll, kqueue, ...), for the startup log.
     public var method: String { String(cString: event_base_get_method(base)) }
 
-    /// Now, in microseconds on the monotonic clock: every deadline (idle, queue, ejection, slow start) and
-    /// every latency sample is computed from it, so a step of the wall clock (NTP, an operator, a VM
-    /// resuming) moves none of them.
+    /// Now, in microseconds on the monotonic clock: every deadline (queue, ejection, slow start) and every
+    /// latency sample is computed from it, so a step of the wall clock (NTP, an operator, a VM resuming)
+    /// moves none of them.
     ///
     /// Read with `clock_gettime(CLOCK_MONOTONIC)`, which the kernel serves from the vDSO without a system
-    /// call: about 29 ns on this project's machines (TSC clock source), against about 6 ns for libevent's
-    /// `event_base_gettimeofday_cached`, which it replaces. That cached value is libevent's loop time plus
-    /// a wall-clock offset it re-reads every 5 seconds, so a wall-clock step moved every deadline by the
-    /// step; libevent offers no cached monotonic reading. The ~23 ns difference is about 1% of a forwarded
-    /// chunk (a `read` and a `send` system call, 2 µs or more), and callers already read it once per
-    /// callback and pass the value on. The coarse clock (CLOCK_MONOTONIC_COARSE, ~10 ns) was not taken: its
-    /// 4 ms steps would quantize peak_ewma's latency samples.
+    /// call: about 30 ns on this project's machines (TSC clock source). libevent's
+    /// `event_base_gettimeofday_cached` (about 6 ns) is its loop time plus a wall-clock offset it re-reads
+    /// every 5 seconds, so a wall-clock step moved every deadline by the step; libevent 2.1 offers no cached
+    /// monotonic reading. Per connection and per latency sample the 30 ns do not matter; per forwarded
+    /// chunk the relay reads `coarseMicroseconds` instead.
     @inline(__always)
-    public var monotonicMicroseconds: Int64 {
+    public var monotonicMicroseconds: Int64 { Self.read(CLOCK_MONOTONIC) }
+
+    /// The monotonic clock at the kernel tick's resolution (CLOCK_MONOTONIC_COARSE: 4 ms steps at most,
+    /// about 10 ns to read), for what is read per forwarded chunk and needs no more precision than its
+    /// timer has: a relay's last activity, which its idle timeout compares against. Never mixed with
+    /// `monotonicMicroseconds` in one computation.
+    @inline(__always)
+    public var coarseMicroseconds: Int64 { Self.read(CLOCK_MONOTONIC_COARSE) }
+
+    @inline(__always)
+    private static func read(_ clock: clockid_t) -> Int64 {
         var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
+        clock_gettime(clock, &ts)
         return Int64(ts.tv_sec) &* 1_000_000 &+ Int64(ts.tv_nsec / 1_000)
     }
-
-    /// The same clock as `monotonicMicroseconds`, under the name the relay reads it by.
-    @inline(__always)
-    public var cachedMicroseconds: Int64 { monotonicMicroseconds }
 }
 
 @inline(__always)

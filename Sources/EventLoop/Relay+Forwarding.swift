@@ -57,9 +57,8 @@ extension Relay {
         let destination = sides + peer
         let scratch = eventBase.scratch
         let size = eventBase.scratchSize
-        let now = eventBase.cachedMicroseconds
-        lastActivity = now
-        if options.measureLatency { turn(side, now: now) }
+        lastActivity = eventBase.coarseMicroseconds
+        if options.measureLatency { turn(side, now: eventBase.monotonicMicroseconds) }
         for _ in 0..<4 {
             if destination.pointee.queue != nil && destination.pointee.queued > 0 {
                 readIntoQueue(side)
@@ -203,7 +202,7 @@ extension Relay {
 
     /// `side` can take more bytes: flush its queue, resume its paused peer, finish a pending half-close.
     func writable(_ side: Int) {
-        lastActivity = eventBase.cachedMicroseconds
+        lastActivity = eventBase.coarseMicroseconds
         let target = sides + side
         if let queue = target.pointee.queue, evbuffer_get_length(queue) > 0 {
             let n = evbuffer_write(queue, target.pointee.fd)
@@ -276,7 +275,7 @@ extension Relay {
         } else if sides[0].eof {
             shutdownWrite(Relay.upstream)
         }
-        lastActivity = eventBase.cachedMicroseconds
+        lastActivity = eventBase.coarseMicroseconds
         if options.idleTimeoutMicroseconds > 0 {
             var tv = timevalFrom(microseconds: options.idleTimeoutMicroseconds)
             event_add(event(.idle), &tv)
@@ -285,7 +284,7 @@ extension Relay {
 
     func idleCheck() {
         guard state == .relaying else { return }
-        let idleFor = eventBase.cachedMicroseconds - lastActivity
+        let idleFor = eventBase.coarseMicroseconds - lastActivity
         let remaining = options.idleTimeoutMicroseconds - idleFor
         if remaining <= 0 {
             close(.idleTimeout)

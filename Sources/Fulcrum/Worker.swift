@@ -69,7 +69,7 @@ final class Worker {
         logger = plan.logger
         logger[metadataKey: "worker"] = "\(plan.id)"
         let config = plan.config
-        let now = base.cachedMicroseconds
+        let now = base.monotonicMicroseconds
         pools = config.pools.enumerated().map { index, pool in
             PoolRuntime(index: index, config: pool, bufferSize: config.bufferSize, shared: plan.pools[index],
                         seed: plan.seed &+ UInt64(index) &* 0x1000_0001 &+ UInt64(plan.id), now: now, logger: logger)
@@ -142,7 +142,7 @@ final class Worker {
     }
 
     /// The loop's current time in microseconds.
-    var now: Int64 { base.cachedMicroseconds }
+    var now: Int64 { base.monotonicMicroseconds }
 
     // MARK: - Local resources
 
@@ -274,7 +274,7 @@ final class Worker {
     /// Reads the health checker's results for every pool; closes connections of backends that went down
     /// when the pool asks for it.
     private func refreshHealth() {
-        let now = base.cachedMicroseconds
+        let now = base.monotonicMicroseconds
         for pool in pools {
             let wentDown = pool.health.refreshActive(now: now)
             guard !wentDown.isEmpty, pool.config.resilience.onBackendDown == .close else { continue }
@@ -295,7 +295,7 @@ final class Worker {
 
     /// Eligibility of a backend changed: tell the balancer, start slow start, re-serve the queue.
     private func eligibilityChanged(_ pool: PoolRuntime, _ change: PoolHealth.Change) {
-        let now = base.cachedMicroseconds
+        let now = base.monotonicMicroseconds
         pool.balancer.setEligible(change.backend, change.eligible, now: now, slowStart: change.rampUp)
         if pool.balancer.ramping { slowStartBegan() }
         armBreakerTimer()
@@ -305,7 +305,7 @@ final class Worker {
     /// Wakes the worker when the earliest open breaker's ejection ends, to move it to half-open. Armed only
     /// for ejections still to come, so an idle worker sleeps until then.
     func armBreakerTimer() {
-        let now = base.cachedMicroseconds
+        let now = base.monotonicMicroseconds
         var next: Microseconds?
         for pool in pools {
             if let deadline = pool.health.nextBreakerDeadline(after: now), deadline < (next ?? .max) { next = deadline }
@@ -318,7 +318,7 @@ final class Worker {
     }
 
     private func breakerDeadlinePassed() {
-        let now = base.cachedMicroseconds
+        let now = base.monotonicMicroseconds
         for pool in pools { pool.health.recompute(now: now) }
         armBreakerTimer()
     }
@@ -331,7 +331,7 @@ final class Worker {
     }
 
     private func advanceSlowStart() {
-        let now = base.cachedMicroseconds
+        let now = base.monotonicMicroseconds
         var ramping = false
         for pool in pools where pool.balancer.ramping {
             pool.balancer.tick(now: now)
