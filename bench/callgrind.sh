@@ -18,16 +18,7 @@ if [ -z "${BIN:-}" ]; then make --no-print-directory release >/dev/null; BIN=.bu
 strip --strip-debug -o "$OUT/fulcrum" "$BIN"
 BIN=$OUT/fulcrum
 
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-wait_port() {
-  for _ in $(seq 1 2400); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "nothing listening on port $1" >&2; exit 1
-}
+source bench/common.sh
 for port in 16391 16392; do
   redis-server --port "$port" --save '' --appendonly no --bind 127.0.0.1 >"$OUT/redis-$port.log" 2>&1 &
   PIDS+=($!)
@@ -47,7 +38,7 @@ YAML
   valgrind --tool=callgrind --callgrind-out-file="$OUT/$name.out" "$BIN" run --config "$OUT/fulcrum.yaml" \
     --log-level warning >"$OUT/$name.log" 2>&1 &
   local pid=$!
-  wait_port 17091
+  wait_port 17091 120
   # The readiness probe above was one connection; so is the baseline below.
   "$@" >/dev/null
   kill -TERM "$pid"; wait "$pid" || true

@@ -20,17 +20,7 @@ mkdir -p "$OUT"
 .ci/ensure-packages haproxy nginx-light libnginx-mod-stream redis-server redis-tools iperf3 libevent-dev pkg-config python3
 make --no-print-directory release >/dev/null
 
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-wait_port() { # port
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "nothing listening on port $1" >&2; exit 1
-}
+source bench/common.sh
 
 # Backends: two Redis servers and one iperf3 server.
 for port in 16379 16380; do
