@@ -26,6 +26,9 @@ public enum ConnectError: Error, Equatable, Sendable, CustomStringConvertible {
         return false
     }
 
+    /// Out of ephemeral ports (EADDRNOTAVAIL): they run out per destination, not for the whole process.
+    public var isOutOfPorts: Bool { self == .local(EADDRNOTAVAIL) }
+
     public var description: String {
         switch self {
         case .refused: return "connection refused"

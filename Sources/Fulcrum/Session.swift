@@ -21,6 +21,9 @@ final class Session: RelayDelegate, ConnectorDelegate {
     /// Waiting in the worker's queue for `pool`.
     var queued = false
     private var finished = false
+    private var driving = false
+    /// Events that arrived while driving; empty (and unallocated) but for re-entrant reports.
+    private var deferred: [Lifecycle.Event] = []
 
     init(worker: Worker, pool: PoolRuntime, clientHash: UInt64) {
         self.worker = worker
@@ -39,15 +42,28 @@ final class Session: RelayDelegate, ConnectorDelegate {
         drive(.accepted)
     }
 
-    /// Feeds one event to the lifecycle and performs its decisions until none asks for more.
+    /// Feeds one event to the lifecycle and performs its decisions until none asks for more. An event
+    /// that arrives while the session is already being driven (performing a decision can reach back into
+    /// this session, e.g. a slot release serving the queue it waits in) waits its turn, so every event
+    /// meets the state the previous one left.
     func drive(_ event: Lifecycle.Event) {
-        var next: Lifecycle.Event? = event
-        while let event = next {
-            let decision = lifecycle.handle(event)
-            settle(decision.first)
-            settle(decision.second)
-            next = perform(decision.action)
+        guard !driving else {
+            deferred.append(event)
+            return
         }
+        driving = true
+        var next: Lifecycle.Event? = event
+        while true {
+            while let event = next {
+                let decision = lifecycle.handle(event)
+                settle(decision.first)
+                settle(decision.second)
+                next = perform(decision.action)
+            }
+            guard !deferred.isEmpty else { break }
+            next = deferred.removeFirst()
+        }
+        driving = false
     }
 
     // MARK: - Decisions
@@ -94,6 +110,13 @@ final class Session: RelayDelegate, ConnectorDelegate {
         }
     }
 
+    /// Offered a slot from the queue. A client that has waited may take any slot that frees, including one
+    /// of a backend it tried before it waited, so no waiter holds back the clients queued after it.
+    func serveFromQueue() {
+        tried = TriedBackends()
+        drive(.slotFreed)
+    }
+
     private func pick(retry: Bool, hedge: Bool) -> Lifecycle.Event {
         let now = worker.now
         if retry && !pool.health.retryBudget.canRetry(now: now) {
@@ -102,8 +125,12 @@ final class Session: RelayDelegate, ConnectorDelegate {
             }
             return .retryDenied
         }
-        // While others wait for a slot, a new client queues behind them instead of taking one first.
-        if !hedge && lifecycle.state == .picking && worker.othersWaiting(pool) { return .picked(.full) }
+        // While others wait for a slot, a new client queues behind them instead of taking one first; the
+        // oldest waiter is offered a slot first, in case one is free.
+        if !hedge && lifecycle.state == .picking && worker.othersWaiting(pool) {
+            worker.serveOldest(pool)
+            if worker.othersWaiting(pool) { return .picked(.full) }
+        }
         switch pool.balancer.pick(tried: tried, context: PickContext(clientHash: clientHash, now: now)) {
         case .backend(let backend):
             if retry { pool.health.retryBudget.spend(now: now) }
@@ -160,10 +187,12 @@ final class Session: RelayDelegate, ConnectorDelegate {
         case .queueFull: why = "every backend is at max_connections and the queue is full (\(pool.config.queue.size))"
         case .queueTimeout: why = "queue timeout: no backend slot freed within \(pool.config.queue.timeout.configText)"
         case .retryBudget: why = "retry budget exhausted, not retrying"
-        case .localError: why = "this proxy is out of a local resource (descriptors or ports); no backend is blamed"
         default: why = ""
         }
-        if !why.isEmpty {
+        if ending == .localError {
+            // Logged by the worker, once per accept pause or once a second, never per client.
+            worker.stats.clientsRefused += 1
+        } else if !why.isEmpty {
             worker.logger.error("\(why), closing the client", metadata: [
                 "pool": "\(pool.config.name)", "attempts": "\(lifecycle.attempts)", "last_error": "\(lastError ?? "none")",
             ])

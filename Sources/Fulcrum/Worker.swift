@@ -61,6 +61,8 @@ final class Worker {
     private var servingQueues = false
     private var spareConnectors: [Connector] = []
     private var localPause: Int64 = 0
+    private var closingAll = false
+    private var lastPortsLog: Int64 = .min / 2
     private var localFailures = 0
 
     init(plan: WorkerPlan) {
@@ -90,7 +92,7 @@ final class Worker {
             switch WorkerCommand(rawValue: byte) {
             case .drain: self.drain()
             case .stop: self.base.exit()
-            case .serveQueues: for pool in self.pools { self.serveQueue(pool) }
+            case .serveQueues: for pool in self.pools { self.serveOldest(pool) }
             case .health: self.refreshHealth()
             case nil: break
             }
@@ -110,7 +112,7 @@ final class Worker {
     /// every handle before the base.
     func run() {
         base.run()
-        relays.closeAll(.shutdown)
+        closeAll()
         for pool in pools { pool.queueTimer = nil }
         spareConnectors.removeAll()
         listeners.removeAll()
@@ -151,6 +153,17 @@ final class Worker {
     /// goes on), logged once per pause.
     func outOfLocalResources(_ error: ConnectError) {
         localFailures += 1
+        if error.isOutOfPorts {
+            // Ephemeral ports run out per destination: other backends may still be reachable, so accepting
+            // goes on; the log says so at most once a second.
+            let now = self.now
+            guard now - lastPortsLog >= 1_000_000 else { return }
+            lastPortsLog = now
+            logger.error("cannot open backend connections: out of ephemeral ports towards a backend; its clients are closed", metadata: [
+                "error": "\(error)", "failures_in_a_row": "\(localFailures)",
+            ])
+            return
+        }
         localPause = localPause == 0 ? 10_000 : min(localPause * 2, 100_000)
         for listener in listeners { listener.pause(for: localPause) }
         logger.error("cannot open backend connections: out of a local resource, pausing accepts", metadata: [
@@ -162,7 +175,7 @@ final class Worker {
     /// A backend connection opened: the local back-off, if any, is over.
     @inline(__always)
     func backendConnected() {
-        if localPause != 0 {
+        if localFailures != 0 {
             localPause = 0
             localFailures = 0
         }
@@ -188,7 +201,7 @@ final class Worker {
     func release(_ pool: PoolRuntime, backend: Int) {
         pool.balancer.release(backend)
         pool.order.slotReleased()
-        if pool.order.waiting > 0 { serveOldest(pool) }
+        if pool.order.waiting > 0 && !closingAll { serveOldest(pool) }
     }
 
     /// Whether clients of `pool` wait anywhere in the process.
@@ -241,31 +254,24 @@ final class Worker {
         if !expired.isEmpty && pool.order.waiting > 0 { serveOldest(pool) }
     }
 
-    /// Serves this worker's queue if it holds the process's oldest waiter; otherwise wakes the worker that does.
-    private func serveOldest(_ pool: PoolRuntime) {
-        guard let oldest = pool.order.oldest() else { return }
-        if oldest == id {
-            serveQueue(pool)
-        } else {
-            plan.allWorkers[oldest].send(WorkerCommand.serveQueues.rawValue)
-        }
-    }
-
-    /// Hands free slots to waiting clients in process-wide arrival order until the pool is full again.
-    func serveQueue(_ pool: PoolRuntime) {
+    /// Offers free slots to the process's oldest waiting clients: serves them here while this worker holds
+    /// the oldest, and wakes the worker that does as soon as another one holds it. Any waiter can take any
+    /// free slot (its earlier tries are forgotten once it has waited), so a waiter still refused means the
+    /// pool is full again.
+    func serveOldest(_ pool: PoolRuntime) {
         guard !servingQueues else { return }
         servingQueues = true
         defer { servingQueues = false }
-        while let session = pool.waiting.first {
-            guard let oldest = pool.order.oldest() else { break }
-            if oldest != id {
+        while let oldest = pool.order.oldest() {
+            guard oldest == id else {
                 // An older client waits in another worker: the slot is its.
                 plan.allWorkers[oldest].send(WorkerCommand.serveQueues.rawValue)
-                break
+                return
             }
-            session.drive(.slotFreed)
+            guard let session = pool.waiting.first else { return }
+            session.serveFromQueue()
             // Still refused: it stays at the head with its original deadline.
-            if session.isWaiting { break }
+            if session.isWaiting { return }
         }
     }
 
@@ -299,7 +305,7 @@ final class Worker {
         pool.balancer.setEligible(change.backend, change.eligible, now: now, slowStart: change.rampUp)
         if pool.balancer.ramping { slowStartBegan() }
         armBreakerTimer()
-        if change.eligible && !pool.waiting.isEmpty { serveQueue(pool) }
+        if change.eligible && pool.order.waiting > 0 { serveOldest(pool) }
     }
 
     /// Wakes the worker when the earliest open breaker's ejection ends, to move it to half-open. Armed only
@@ -342,6 +348,12 @@ final class Worker {
 
     // MARK: - Drain
 
+    /// Closes every connection; the slots they free go to no one, since every waiting client closes too.
+    private func closeAll() {
+        closingAll = true
+        relays.closeAll(.shutdown)
+    }
+
     private func drain() {
         guard !draining else { return }
         draining = true
@@ -353,7 +365,7 @@ final class Worker {
         }
         let timer = Timer(base: base) { [unowned self] in
             self.logger.warning("drain timeout reached, closing remaining connections", metadata: ["open": "\(self.relays.count)"])
-            self.relays.closeAll(.shutdown)
+            self.closeAll()
             self.base.exit()
         }
         timer.schedule(after: plan.config.drainTimeout)

@@ -12,6 +12,8 @@ public final class TestBackend: @unchecked Sendable {
         case greet(String)
         /// Answer every chunk received with `"<name>:<chunk>"`, after `delay` (changeable while running).
         case named(String)
+        /// Read everything until the client's end-of-file, answer nothing, close (a fire-and-forget sink).
+        case sink
     }
 
     /// Added before each answer of a `.named` backend, in milliseconds.
@@ -39,6 +41,10 @@ public final class TestBackend: @unchecked Sendable {
 
     /// Connections accepted so far.
     public var accepted: Int { lock.withLock { _accepted } }
+
+    /// Bytes received so far, over every connection.
+    public var received: Int { lock.withLock { _received } }
+    private var _received = 0
 
     /// Stops accepting and closes every open connection.
     public func stop() {
@@ -83,6 +89,8 @@ public final class TestBackend: @unchecked Sendable {
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { break }
+            lock.withLock { _received += n }
+            if case .sink = behavior { continue }
             var answer = Array(buffer[0..<n])
             if case .named(let name) = behavior {
                 let delay = delayMilliseconds
@@ -91,6 +99,7 @@ public final class TestBackend: @unchecked Sendable {
             }
             guard writeAll(fd, answer) else { return }
         }
+        if case .sink = behavior { return }
         shutdown(fd, Int32(SHUT_WR))
         // Wait for the client to close before closing, so a half-closed client still reads everything.
         while buffer.withUnsafeMutableBytes({ recv(fd, $0.baseAddress, $0.count, 0) }) > 0 {}

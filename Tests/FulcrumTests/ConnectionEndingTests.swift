@@ -24,6 +24,40 @@ extension Integration {
             #expect(proxy.logCount(containing: "breaker opened") == 0)
         }
 
+        /// Fire-and-forget clients send, half-close and leave; the backend closes once it has read it all.
+        /// That is the backend's answer to the end-of-file: no failure, and nothing is sent twice.
+        @Test func fireAndForgetRequestsAreNeitherBlamedNorReplayed() throws {
+            let a = try TestBackend(.sink), b = try TestBackend(.sink)
+            let proxy = try FulcrumProcess(config: strategyConfig(balance: "round_robin", backends: [
+                "127.0.0.1:\(a.port)", "127.0.0.1:\(b.port)"],
+                poolExtra: "    breaker: {consecutive_failures: 3}\n    replay: {max_bytes: 64KiB}"))
+            let port = proxy.port("front")
+            for _ in 0..<40 {
+                let socket = try TestSocket.connect(port: port)
+                try socket.send("event\n")
+                socket.shutdownWrite()
+                #expect(try socket.receiveAll().isEmpty)
+            }
+            #expect(a.received + b.received == 40 * 6, "every event arrived once")
+            #expect(a.received >= 15 * 6 && b.received >= 15 * 6, "a got \(a.received / 6), b got \(b.received / 6)")
+            #expect(proxy.logCount(containing: "breaker opened") == 0)
+        }
+
+        /// A half-closed client still reading gets its answer when the backend resets: replayed elsewhere.
+        @Test func aHalfClosedClientKeepsReplayWhenTheBackendResets() throws {
+            let a = try TestBackend(.named("a"))
+            let b = try BackendProcess("b", mode: "reset")
+            let proxy = try FulcrumProcess(config: strategyConfig(balance: "round_robin", backends: [
+                "127.0.0.1:\(b.port)", "127.0.0.1:\(a.port)"],
+                poolExtra: "    replay: {max_bytes: 64KiB}\n    breaker: off"))
+            for n in 0..<10 {
+                let socket = try TestSocket.connect(port: proxy.port("front"))
+                try socket.send("req \(n)\n")
+                socket.shutdownWrite()
+                #expect(try socket.receiveLine() == "a:req \(n)")
+            }
+        }
+
         /// A half-open trial whose client resets before the backend answered gives no verdict, and the
         /// trial goes back: the backend is tried again instead of staying out of rotation for good.
         @Test func aTrialEndedByTheClientIsGivenBack() throws {
@@ -98,6 +132,65 @@ extension Integration {
             for _ in 0..<10 { counts[(try? askName(port: proxy.port("front"))) ?? "failed", default: 0] += 1 }
             #expect(counts["a"] == 5 && counts["b"] == 5, "\(counts)")
             #expect(proxy.logCount(containing: "backend down") == 0)
+        }
+
+        /// A waiting client forgets which backends refused it: when one is back, the oldest waiter takes its
+        /// free slot on the next arrival instead of blocking the queue until it times out.
+        @Test func aWaiterThatWasRefusedTakesABackendThatIsBack() throws {
+            let a = try TestBackend(.named("a"))
+            let b = try BackendProcess("b")
+            let proxy = try FulcrumProcess(config: strategyConfig(balance: "round_robin", backends: [
+                "{address: 127.0.0.1:\(a.port), max_connections: 1}", "{address: 127.0.0.1:\(b.port), max_connections: 1}"],
+                poolExtra: "    retries: 1\n    breaker: off\n    queue: {size: 10, timeout: 8s}"))
+            let port = proxy.port("front")
+            b.kill9()
+            let holder = try TestSocket.connect(port: port)
+            try holder.send("hold\n")
+            #expect(try holder.receiveLine() == "a:hold")
+            // X: b refuses, a is full: X waits.
+            let x = try TestSocket.connect(port: port)
+            try x.send("x\n")
+            #expect(!x.isReadable(within: 0.3))
+            try b.start()
+            // Y's arrival offers b's free slot to the oldest waiter, X; Y waits for the next slot.
+            let y = try TestSocket.connect(port: port)
+            try y.send("y\n")
+            let started = Date()
+            #expect(try x.receiveLine() == "b:x")
+            #expect(Date().timeIntervalSince(started) < 2)
+            holder.close()
+            #expect(try y.receiveLine() == "a:y")
+        }
+
+        /// Two slots freed at once in one worker while the two waiters sit in different workers: both are
+        /// served, every time.
+        @Test func slotsFreedTogetherReachWaitersInEveryWorker() throws {
+            let a = try TestBackend(.named("a"))
+            let proxy = try FulcrumProcess(config: strategyConfig(balance: "round_robin", backends: [
+                "{address: 127.0.0.1:\(a.port), max_connections: 4}"], workers: 2,
+                poolExtra: "    queue: {size: 20, timeout: 10s}"))
+            let port = proxy.port("front")
+            var late: [Int] = []
+            for trial in 0..<20 {
+                var holders: [TestSocket] = []
+                for _ in 0..<4 {
+                    let socket = try TestSocket.connect(port: port)
+                    try socket.send("hold\n")
+                    _ = try socket.receiveLine()
+                    holders.append(socket)
+                }
+                let waiters = try (0..<2).map { n -> TestSocket in
+                    let socket = try TestSocket.connect(port: port)
+                    try socket.send("w\(n)\n")
+                    usleep(20_000)
+                    return socket
+                }
+                holders[0].close()
+                holders[1].close()
+                for waiter in waiters where !waiter.isReadable(within: 2) { late.append(trial) }
+                for socket in holders + waiters { socket.close() }
+            }
+            #expect(late.isEmpty, "waiters not served within 2 s in trials \(late)")
         }
 
         /// With two workers and one slot, clients queued 40 ms apart are served in arrival order, whichever

@@ -242,6 +242,9 @@ public struct ConnectionLifecycle: Sendable {
 
         case (.ended, .ended):
             return Decision(.finish)
+        case (_, .picked(.backend(let backend, let trial))):
+            // A pick answered where none was asked: its slot (and trial) go straight back.
+            return Decision(.none, Settlement(backend: backend, trial: trial, verdict: .noVerdict, releasesSlot: true))
         case (_, .ended(let ending)):
             var decision = end(ending)
             decision.action = .finish
