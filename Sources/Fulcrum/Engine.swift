@@ -31,6 +31,8 @@ public final class Engine {
     /// After a second signal, how long the workers may take to close everything before the process exits
     /// without them.
     static let forcedStopMicroseconds: Int64 = 1_000_000
+    /// How long the start waits for the first round of active checks at most.
+    static let firstChecksWaitMicroseconds: Int64 = 2_000_000
     /// What a worker sends the engine when its loop has ended.
     static let workerStopped: UInt8 = 0x66 // "f"
 
@@ -111,7 +113,12 @@ public final class Engine {
                 firstRoundDone = true
                 if phase == .starting { base.exit() }
             }
+            // A slow or silent backend must not hold every other one back: serve after at most this long,
+            // with the backends not checked yet still unknown.
+            let longest = Timer(base: base) { if phase == .starting { base.exit() } }
+            longest.schedule(after: Engine.firstChecksWaitMicroseconds)
             if !firstRoundDone { base.run() }
+            longest.cancel()
         }
         if phase != .starting {
             for fds in sockets { for fd in fds { Socket.close(fd) } }

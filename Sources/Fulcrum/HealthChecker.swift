@@ -56,7 +56,8 @@ final class HealthChecker {
     var summary: String {
         let up = targets.filter { $0.state.state == .up }.count
         let down = targets.filter { $0.state.state == .down }.count
-        return "\(up) up, \(down) down"
+        let unknown = targets.count - up - down
+        return "\(up) up, \(down) down" + (unknown > 0 ? ", \(unknown) not checked yet" : "")
     }
 
     /// Probes every backend now, then on its schedule. `firstRoundDone` is called once every backend has

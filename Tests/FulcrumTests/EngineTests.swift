@@ -291,5 +291,22 @@ extension Integration {
             """), timeout: 10)
             #expect(proxy.log.contains { $0.contains("fulcrum ready") && $0.contains("0 up, 1 down") })
         }
+
+        /// One backend never answers its check (10 s timeout): the start waits 2 s at most, and the backend
+        /// that passed serves meanwhile.
+        @Test func aSilentBackendDoesNotHoldTheStartBack() throws {
+            let good = try TestBackend(.named("a"))
+            let silent = try SilentBackend()
+            let started = Date()
+            let proxy = try FulcrumProcess(config: proxyConfig(backends: [(good.port, 1), (silent.port, 1)], workers: 1, extraPool: """
+                health: {check: send_expect, send: "ping", expect: "a:", interval: 10s, timeout: 10s}
+
+            """), timeout: 20)
+            #expect(Date().timeIntervalSince(started) < 5)
+            #expect(proxy.log.contains { $0.contains("fulcrum ready") && $0.contains("1 up, 0 down, 1 not checked yet") })
+            let client = try TestSocket.connect(port: proxy.port("front"))
+            try client.send("hello")
+            #expect(String(decoding: try client.receive(), as: UTF8.self) == "a:hello")
+        }
     }
 }
