@@ -236,7 +236,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
         }
         if pool.relayOptions.measureLatency, let backend = leg == .primary ? lifecycle.backend : lifecycle.hedgeBackend {
             let now = worker.now
-            pool.balancer.observe(latency: now - (leg == .primary ? connectStarted.0 : connectStarted.1), backend: backend, now: now)
+            pool.balancer.observeConnect(latency: now - (leg == .primary ? connectStarted.0 : connectStarted.1), backend: backend, now: now)
         }
         worker.backendConnected()
         drive(.connected(leg))

@@ -160,6 +160,21 @@ import Testing
         #expect(!strategy.isStale(0, now: 2_000_000))
     }
 
+    @Test func aConnectTimeDoesNotRefreshAStaleSlowBackend() {
+        let table = makePool(.roundRobin, weights: [1]).table
+        let strategy = PeakEWMAStrategy(table: table, random: FastRandom(seed: 1), decay: .seconds(10),
+                                        defaultLatency: .milliseconds(1))
+        strategy.observe(latency: 200_000, backend: 0, now: 0)
+        let stale = strategy.estimate(0, now: 2_000_000)
+        strategy.observeConnect(latency: 100, backend: 0, now: 2_000_000)
+        #expect(strategy.estimate(0, now: 2_000_000) == stale, "the handshake says nothing of the answer")
+        #expect(strategy.isStale(0, now: 2_000_000))
+        strategy.observe(latency: 150_000, backend: 0, now: 2_100_000)
+        #expect(strategy.estimate(0, now: 2_100_000) == 150_000, "the first answer replaces the stale estimate")
+        strategy.observeConnect(latency: 100, backend: 0, now: 2_200_000)
+        #expect(strategy.estimate(0, now: 2_200_000) < 150_000, "a fresh backend folds connect times in")
+    }
+
     @Test func explorationTakesAtMostTwoPercentOfPicks() {
         // Backend 0 answered once, very slowly, and its explorations never answer: it stays stale (after
         // 200 ms with a 1 s decay), so only the budget limits how often it is tried.

@@ -50,8 +50,10 @@ public protocol BalancingStrategy: AnyObject {
     /// The table's `active` count for `backend` just went up or down.
     func connectionOpened(_ backend: Int)
     func connectionClosed(_ backend: Int)
-    /// A measured latency (connect time or request-to-first-byte) for `backend`.
+    /// A measured request-to-first-byte latency for `backend`.
     func observe(latency: Microseconds, backend: Int, now: Microseconds)
+    /// A measured connect time for `backend`: says the host is reachable, not how fast it answers.
+    func observeConnect(latency: Microseconds, backend: Int, now: Microseconds)
     /// Whether picks depend on the table's effective weights (which slow start lowers). Strategies that
     /// read only configured weights, or none, say false: slow start then has nothing to ramp.
     var usesEffectiveWeights: Bool { get }
@@ -62,6 +64,9 @@ extension BalancingStrategy {
     public func connectionOpened(_ backend: Int) {}
     public func connectionClosed(_ backend: Int) {}
     public func observe(latency: Microseconds, backend: Int, now: Microseconds) {}
+    public func observeConnect(latency: Microseconds, backend: Int, now: Microseconds) {
+        observe(latency: latency, backend: backend, now: now)
+    }
 }
 
 /// The first candidate in `candidates` not skipped, scanning from `start` and wrapping: the fallback of

@@ -19,8 +19,9 @@ import Darwin
 ///   the two candidates of a pick and the exploration budget allows, it is picked whatever its estimate, to
 ///   measure it again. The budget grows by `explorationShare` (2%) per pick and such a pick spends a whole
 ///   unit, so exploration never takes more than 2% of picks, and a slow backend at most one every 2 s.
-/// - The first sample after a stale period replaces the stale average: a fast answer puts the backend back
-///   in rotation at once; a slow one sets its estimate high again, and it is avoided again.
+/// - The first answer after a stale period replaces the stale average: a fast answer puts the backend back
+///   in rotation at once; a slow one sets its estimate high again, and it is avoided again. A connect time
+///   does not count as that answer (a handshake is fast even when the service is slow).
 ///
 /// A backend that answers in 200 ms while its peers answer in 0.1 ms thus takes at most one new connection
 /// every 2 s and never more than 2% of them, and wins its share back within about 2 s of being fast again
@@ -86,6 +87,14 @@ public final class PeakEWMAStrategy: BalancingStrategy {
             average[backend] = sample > current ? sample : current + (sample - current) * (1 - weightOfPast(backend, now: now))
         }
         updatedAt[backend] = now
+    }
+
+    /// A connect time refreshes a backend like any sample, but not a stale one: a fast handshake says nothing
+    /// about how slowly the backend answers, and replacing a stale slow estimate with it would make the
+    /// backend look fastest until its first answer. A stale backend waits for a request's answer.
+    public func observeConnect(latency: Microseconds, backend: Int, now: Microseconds) {
+        guard backend < average.count, !isStale(backend, now: now) else { return }
+        observe(latency: latency, backend: backend, now: now)
     }
 
     /// The latency estimate now: the stored average decayed towards zero for the time since its last sample.

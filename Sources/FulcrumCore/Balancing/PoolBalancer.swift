@@ -106,6 +106,11 @@ public final class PoolBalancer {
         strategy(of: backend)?.observe(latency: latency, backend: backend, now: now)
     }
 
+    /// A connect time measured to `backend`, for strategies that balance on latency.
+    public func observeConnect(latency: Microseconds, backend: Int, now: Microseconds) {
+        strategy(of: backend)?.observeConnect(latency: latency, backend: backend, now: now)
+    }
+
     // MARK: - Changes
 
     /// Health changed. A backend turning eligible starts its slow start at `now`, unless `slowStart` is
