@@ -524,3 +524,17 @@ pools:
         #expect(found.first?.line == 4)
     }
 }
+
+extension ConfigLoaderTests {
+    @Test func anIPv4MappedListenAddressIsRejectedWithTheAddressToUseInstead() {
+        let found = diagnostics("""
+        listeners:
+          - {name: a, listen: '[::ffff:127.0.0.1]:7000', pool: app}
+        \(onePool)
+        """)
+        #expect(found.count == 1)
+        #expect(found.first?.line == 2)
+        #expect(found.first?.message.contains("IPv4-mapped") == true)
+        #expect(found.first?.hint?.contains("127.0.0.1:7000") == true)
+    }
+}

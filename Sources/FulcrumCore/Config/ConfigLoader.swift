@@ -103,6 +103,13 @@ public enum ConfigLoader {
                          hint: "give each listener its own name")
             }
             if let name { namesSeen[name] = f["name"]?.mark?.line ?? 0 }
+            if case .ipv6(let bytes, let port)? = address, bytes.prefix(10).allSatisfy({ $0 == 0 }),
+               bytes[10] == 0xff, bytes[11] == 0xff {
+                // IPv6 listeners are IPv6-only, where an IPv4-mapped address cannot be bound.
+                let ipv4 = bytes.suffix(4).map(String.init).joined(separator: ".")
+                r.report(f["listen"], f.path("listen"), "\(address!) is an IPv4-mapped IPv6 address, which an IPv6-only listener cannot bind",
+                         hint: "listen on the IPv4 address itself: \(ipv4):\(port)")
+            }
             if let address, address.port != 0 {
                 if let line = addressesSeen[address] {
                     r.report(f["listen"], f.path("listen"), "address \(address) is already used by the listener on line \(line)",
