@@ -36,7 +36,7 @@ enum Plan {
             "pool \(pool.name): balance \(pool.balance.name)\(options.isEmpty ? "" : " (\(options))"), "
                 + "connect_timeout \(pool.connectTimeout.configText), idle_timeout \(pool.idleTimeout.configText), "
                 + "retries \(pool.retries)",
-            "  slow_start \(offOr(pool.slowStart > .zero ? pool.slowStart : nil)), "
+            "  slow_start \(slowStart(pool)), "
                 + "queue size \(pool.queue.size) per worker, timeout \(pool.queue.timeout.configText), "
                 + "hedge_after \(offOr(pool.resilience.hedgeAfter))",
         ]
@@ -47,13 +47,23 @@ enum Plan {
             + "replay \(r.replayMaxBytes.map { "up to \(sizeText($0))" } ?? "off"), "
             + "first_byte_timeout \(offOr(r.firstByteTimeout)), on_backend_down \(r.onBackendDown.rawValue), "
             + "panic_threshold \(r.panicThreshold > 0 ? percent(r.panicThreshold) : "off")")
-        lines += backends(pool.backends)
+        lines += backends(pool.backends, balance: pool.balance)
         return lines
+    }
+
+    /// Slow start ramps effective weights, which `hash` (a fixed ring) and `first` (file order) do not use.
+    private static func slowStart(_ pool: FulcrumConfig.Pool) -> String {
+        guard pool.slowStart > .zero else { return "off" }
+        switch pool.balance {
+        case .hash: return "\(pool.slowStart.configText) (not applied: hash keeps its ring fixed)"
+        case .first: return "\(pool.slowStart.configText) (not applied: first fills backends in file order)"
+        default: return pool.slowStart.configText
+        }
     }
 
     /// One line per backend. Shares are of the backend's own tier, over the backends that take traffic
     /// (enabled); the lowest tier with one gets the connections, the others only when it has none eligible.
-    private static func backends(_ backends: [FulcrumConfig.Backend]) -> [String] {
+    private static func backends(_ backends: [FulcrumConfig.Backend], balance: BalanceStrategy) -> [String] {
         let enabled = backends.filter { $0.state == .enabled }
         let first = enabled.map(\.priority).min()
         var lines: [String] = []
@@ -63,7 +73,11 @@ enum Plan {
                 line += "  (state \(backend.state.rawValue): no new connections)"
             } else {
                 let total = enabled.filter { $0.priority == backend.priority }.reduce(0) { $0 + $1.weight }
-                let share = "\(Int((Double(backend.weight) * 100 / Double(total)).rounded()))% of connections"
+                var share = "\(Int((Double(backend.weight) * 100 / Double(total)).rounded()))% of connections"
+                if case .first = balance {
+                    // `first` fills backends in file order: weights play no part.
+                    share = "filled in file order"
+                }
                 if backend.priority == first {
                     line += "  (\(share))"
                 } else {

@@ -126,6 +126,32 @@ extension Integration {
             #expect(lines.contains("  health off (no active checks)"))
         }
 
+        /// `first` ignores weights and `hash` keeps its ring fixed: the plan says so instead of implying shares
+        /// or a slow start that never happens.
+        @Test func checkDoesNotPromiseWhatFirstAndHashIgnore() throws {
+            let dir = try TemporaryDirectory()
+            let path = try dir.write("plan.yaml", """
+            listeners:
+              - {name: a, listen: 127.0.0.1:7000, pool: fill}
+              - {name: b, listen: 127.0.0.1:7001, pool: sticky}
+            pools:
+              fill:
+                balance: first
+                slow_start: 10s
+                backends: [{address: 127.0.0.1:9001, max_connections: 5}, {address: 127.0.0.1:9002, max_connections: 5, weight: 3}]
+              sticky:
+                balance: hash
+                slow_start: 10s
+                backends: [127.0.0.1:9101, 127.0.0.1:9102]
+            """)
+            let (status, output) = try runFulcrum(["check", "--config", path])
+            #expect(status == 0, "\(output)")
+            let lines = output.split(separator: "\n").map(String.init)
+            #expect(lines.contains("  127.0.0.1:9002  weight 3  (filled in file order)  max_connections 5"))
+            #expect(lines.contains { $0.hasPrefix("  slow_start 10s (not applied: first fills backends in file order)") })
+            #expect(lines.contains { $0.hasPrefix("  slow_start 10s (not applied: hash keeps its ring fixed)") })
+        }
+
         @Test func checkRejectsABadFileWithEveryErrorAndExitsOne() throws {
             let dir = try TemporaryDirectory()
             let path = try dir.write("bad.yaml", """
