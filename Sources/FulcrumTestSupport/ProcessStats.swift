@@ -28,6 +28,19 @@ public enum ProcessStats {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).compactMap { Int($0) }
     }
 
+    /// Waits (at most `timeout` seconds) until the process's descriptors stop changing: connections just
+    /// closed are gone and every worker has opened what it keeps open.
+    public static func waitForSteadyDescriptors(_ pid: Int32, timeout: Double = 5) {
+        let deadline = Date().addingTimeInterval(timeout)
+        var last = Set(openDescriptors(pid))
+        while Date() < deadline {
+            usleep(50_000)
+            let now = Set(openDescriptors(pid))
+            if now == last { return }
+            last = now
+        }
+    }
+
     /// The open-file limit that leaves the process exactly `free` more descriptors: a limit bounds the
     /// descriptor numbers, and new descriptors take the lowest free number.
     public static func fileLimit(leaving free: Int, _ pid: Int32) -> Int {
