@@ -20,7 +20,10 @@ run: deps-run release
 test: deps-test
 	$(SWIFT) build --build-tests
 	Tests/leakcheck.sh
-	$(SWIFT) test --skip-build
+	# Pure and event-loop unit tests first, then the loopback suites (serialized among themselves), so the
+	# CPU-heavy unit tests (the config fuzzer) never run beside the timing-sensitive ones.
+	$(SWIFT) test --skip-build --filter 'FulcrumCoreTests|EventLoopTests'
+	$(SWIFT) test --skip-build --filter 'FulcrumTests\.'
 
 build: deps-test
 	$(SWIFT) build
