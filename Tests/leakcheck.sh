@@ -51,6 +51,7 @@ workers: 2
 listeners:
   - {name: front, listen: 127.0.0.1:0, pool: app}
   - {name: resilient, listen: 127.0.0.1:0, pool: resilient}
+  - {name: limited, listen: 127.0.0.1:0, pool: limited}
 pools:
   app:
     backends: [127.0.0.1:$REFUSED_PORT, 127.0.0.1:$ECHO_PORT]
@@ -64,6 +65,9 @@ pools:
     first_byte_timeout: 1s
     hedge_after: 20ms
     retry_budget: {ratio: 100%}
+  limited:
+    backends: [{address: 127.0.0.1:$ECHO_PORT, max_connections: 1}]
+    queue: {size: 4, timeout: 300ms}
 YAML
 valgrind --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
   --error-exitcode=99 --suppressions=Tests/valgrind-swift.supp --log-file="$OUT/valgrind.log" \
@@ -72,10 +76,34 @@ FULCRUM_PID=$!
 for _ in $(seq 1 600); do grep -q "fulcrum ready" "$OUT/fulcrum.log" && break; sleep 0.1; done
 PORT=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$OUT/fulcrum.log" | head -1 | cut -d: -f2)
 RESILIENT=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$OUT/fulcrum.log" | sed -n 2p | cut -d: -f2)
+LIMITED=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$OUT/fulcrum.log" | sed -n 3p | cut -d: -f2)
 
-python3 - "$PORT" "$RESILIENT" <<'PY'
-import socket, struct, sys, time
+python3 - "$PORT" "$RESILIENT" "$LIMITED" <<'PY'
+import select, socket, struct, sys, time
 port = int(sys.argv[1])
+limited = int(sys.argv[3])
+def connect(p):
+    c = socket.create_connection(("127.0.0.1", p)); c.settimeout(20); return c
+holder = connect(limited); holder.sendall(b"h"); assert holder.recv(10) == b"h"
+waiting = [connect(limited) for _ in range(3)]  # the queue: served, served, gone while waiting
+for w in waiting: w.sendall(b"w")
+time.sleep(0.05)
+waiting.pop().close()
+holder.close()
+while waiting:                            # each freed slot goes to a waiter
+    ready, _, _ = select.select(waiting, [], [], 20)
+    assert ready, "no waiter served"
+    assert ready[0].recv(10) == b"w"
+    waiting.remove(ready[0]); ready[0].close()
+h2 = connect(limited); h2.sendall(b"h"); assert h2.recv(10) == b"h"
+late = connect(limited); late.sendall(b"l")
+try:                                      # closed at the queue timeout (a reset: its bytes were never read)
+    assert late.recv(10) == b""
+except ConnectionResetError:
+    pass
+h2.close(); late.close()
+for i in range(20):                       # clients that connect and close without a byte
+    connect(port).close()
 for i in range(100):                      # replays, breaker ejections, health checks, hedges
     c = socket.create_connection(("127.0.0.1", int(sys.argv[2]))); c.settimeout(20)
     c.sendall(b"resilient %d" % i); c.shutdown(socket.SHUT_WR)
