@@ -36,6 +36,11 @@ final class PoolRuntime {
     var waiting: WaitQueue<Session>
     /// Fires at the oldest waiting session's deadline.
     var queueTimer: Timer?
+    /// The worker is handing slots to this pool's waiters now; `serveAgain` asks it to look once more.
+    var serving = false
+    var serveAgain = false
+    /// Counts `serveOldest` calls, so that each waiter is offered a slot at most once per call.
+    var servePass = 0
 
     init(index: Int, config: FulcrumConfig.Pool, bufferSize: Int, shared: PoolShared, seed: UInt64, now: Int64,
          logger: Logger) {

@@ -20,6 +20,8 @@ final class Session: RelayDelegate, ConnectorDelegate {
     private var lastError: String?
     /// Waiting in the worker's queue for `pool`.
     var queued = false
+    /// The worker's serving pass in which this client was last offered a slot.
+    var servePass = 0
     private var finished = false
     private var driving = false
     /// Events that arrived while driving; empty (and unallocated) but for re-entrant reports.

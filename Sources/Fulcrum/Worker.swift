@@ -58,7 +58,6 @@ final class Worker {
     private var slowStartTimer: Timer?
     private var breakerTimer: Timer?
     private var draining = false
-    private var servingQueues = false
     private var spareConnectors: [Connector] = []
     private var localPause: Int64 = 0
     private var closingAll = false
@@ -92,7 +91,8 @@ final class Worker {
             switch WorkerCommand(rawValue: byte) {
             case .drain: self.drain()
             case .stop: self.base.exit()
-            case .serveQueues: for pool in self.pools { self.serveOldest(pool) }
+            case .serveQueues:
+                for pool in self.pools where pool.order.takeServeRequest(worker: self.id) { self.serveOldest(pool) }
             case .health: self.refreshHealth()
             case nil: break
             }
@@ -204,8 +204,8 @@ final class Worker {
         if pool.order.waiting > 0 && !closingAll { serveOldest(pool) }
     }
 
-    /// Whether clients of `pool` wait anywhere in the process.
-    func othersWaiting(_ pool: PoolRuntime) -> Bool { pool.order.waiting > 0 }
+    /// Whether clients of `pool` wait anywhere in the process, in a worker that does not stand aside.
+    func othersWaiting(_ pool: PoolRuntime) -> Bool { pool.order.waiting > 0 && pool.order.oldest() != nil }
 
     /// Whether `session` is the oldest waiting client of its pool in the whole process.
     func isOldestWaiter(_ session: Session) -> Bool {
@@ -255,24 +255,51 @@ final class Worker {
     }
 
     /// Offers free slots to the process's oldest waiting clients: serves them here while this worker holds
-    /// the oldest, and wakes the worker that does as soon as another one holds it. Any waiter can take any
-    /// free slot (its earlier tries are forgotten once it has waited), so a waiter still refused means the
-    /// pool is full again.
+    /// the oldest, and wakes the worker that does as soon as another one holds it. A waiter served from the
+    /// queue may take any free slot (its earlier tries are forgotten once it has waited); if this worker
+    /// still refuses its oldest waiter, it stands aside (see `SharedQueueOrder`) and wakes the next one. A
+    /// call made while serving (a served client's connect failing at once releases its slot) makes the
+    /// serving loop look again rather than being lost.
     func serveOldest(_ pool: PoolRuntime) {
-        guard !servingQueues else { return }
-        servingQueues = true
-        defer { servingQueues = false }
+        if pool.serving {
+            pool.serveAgain = true
+            return
+        }
+        pool.serving = true
+        pool.servePass &+= 1
+        defer { pool.serving = false }
+        repeat {
+            pool.serveAgain = false
+            pool.order.reconsider(worker: id)
+            serveLoop(pool)
+        } while pool.serveAgain
+    }
+
+    private func serveLoop(_ pool: PoolRuntime) {
         while let oldest = pool.order.oldest() {
-            guard oldest == id else {
-                // An older client waits in another worker: the slot is its.
-                plan.allWorkers[oldest].send(WorkerCommand.serveQueues.rawValue)
+            guard oldest == id, let session = pool.waiting.first else {
+                wake(oldest, pool)
                 return
             }
-            guard let session = pool.waiting.first else { return }
+            // Offered a slot once per call: one that failed and queued again waits for the next release.
+            guard session.servePass != pool.servePass else { return }
+            session.servePass = pool.servePass
+            let ticket = pool.waiting.firstTicket
             session.serveFromQueue()
-            // Still refused: it stays at the head with its original deadline.
-            if session.isWaiting { return }
+            if pool.waiting.first === session && pool.waiting.firstTicket == ticket {
+                // Still refused: it keeps its place and deadline; let the next worker's waiters try.
+                pool.order.standAside(worker: id)
+                if let next = pool.order.oldest() { wake(next, pool) }
+                return
+            }
+            // Served, closed, or queued again behind the others: look at the new oldest.
         }
+    }
+
+    /// Asks another worker to serve `pool`, waking it unless a request is already pending.
+    private func wake(_ worker: Int, _ pool: PoolRuntime) {
+        guard worker != id else { return }
+        if pool.order.requestServe(worker: worker) { plan.allWorkers[worker].send(WorkerCommand.serveQueues.rawValue) }
     }
 
     // MARK: - Health
@@ -348,7 +375,8 @@ final class Worker {
 
     // MARK: - Drain
 
-    /// Closes every connection; the slots they free go to no one, since every waiting client closes too.
+    /// Closes every connection; the slots they free go to none of this worker's waiters, which close too
+    /// (other workers' waiters are served by their own releases or time out; all workers drain together).
     private func closeAll() {
         closingAll = true
         relays.closeAll(.shutdown)

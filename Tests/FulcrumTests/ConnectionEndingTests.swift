@@ -196,6 +196,38 @@ extension Integration {
             #expect(late.isEmpty, "waiters not served within 2 s in trials \(late)")
         }
 
+        /// Two pools with clients waiting in both workers: wakeups are per pool and coalesced, so the workers
+        /// do not keep waking each other.
+        @Test func waitersInTwoPoolsCostNoCPU() throws {
+            let a = try TestBackend(.named("a")), b = try TestBackend(.named("b"))
+            let proxy = try FulcrumProcess(config: """
+                workers: 2
+                listeners:
+                  - {name: x, listen: 127.0.0.1:0, pool: px}
+                  - {name: y, listen: 127.0.0.1:0, pool: py}
+                pools:
+                  px: {backends: [{address: 127.0.0.1:\(a.port), max_connections: 1}], queue: {size: 50, timeout: 20s}}
+                  py: {backends: [{address: 127.0.0.1:\(b.port), max_connections: 1}], queue: {size: 50, timeout: 20s}}
+                """)
+            var sockets: [TestSocket] = []
+            for listener in ["x", "y"] {
+                let holder = try TestSocket.connect(port: proxy.port(listener))
+                try holder.send("hold\n")
+                _ = try holder.receiveLine()
+                sockets.append(holder)
+            }
+            for _ in 0..<8 {
+                for listener in ["x", "y"] { sockets.append(try TestSocket.connect(port: proxy.port(listener))) }
+                usleep(10_000)
+            }
+            let pid = proxy.process.processIdentifier
+            let before = ProcessStats.cpuSeconds(pid)
+            usleep(2_000_000)
+            let used = ProcessStats.cpuSeconds(pid) - before
+            #expect(used < 0.3, "the proxy used \(used) s of CPU in 2 s with 16 clients waiting")
+            withExtendedLifetime(sockets) {}
+        }
+
         /// With two workers and one slot, clients queued 40 ms apart are served in arrival order, whichever
         /// worker accepted each.
         @Test func queuedClientsAreServedInArrivalOrderAcrossWorkers() throws {

@@ -6,25 +6,42 @@ import Synchronization
 /// own head only when that head holds the smallest published ticket, and otherwise wakes the worker that
 /// does. While anyone waits, new clients queue behind them instead of taking a slot first.
 ///
+/// Breakers are per worker, so a worker may refuse its head a slot that another worker would give (the
+/// backend with room is ejected in its view only). That worker then *stands aside*: its waiters are passed
+/// over until a slot is released anywhere or it looks at its queue again, so that it holds up no one.
+///
 /// Lost wakeups are ruled out by a sequentially consistent fence on both sides: a worker that enqueues
 /// publishes its head, fences, then picks again; a worker that releases a slot releases, fences, then reads
-/// the heads. At least one of them sees the other.
+/// the heads. At least one of them sees the other. Wakeups are coalesced per worker: one pending request
+/// per worker and pool, one wakeup byte.
 public final class SharedQueueOrder: @unchecked Sendable {
     public static let none = UInt64.max
     private let nextTicket = Atomic<UInt64>(0)
     private let waiters = Atomic<Int>(0)
     private let heads: UnsafeMutablePointer<Atomic<UInt64>>
+    private let standingAside: UnsafeMutablePointer<Atomic<Bool>>
+    private let serveRequested: UnsafeMutablePointer<Atomic<Bool>>
     public let workers: Int
 
     public init(workers: Int) {
         self.workers = max(1, workers)
         heads = .allocate(capacity: self.workers)
-        for i in 0..<self.workers { (heads + i).initialize(to: Atomic(Self.none)) }
+        standingAside = .allocate(capacity: self.workers)
+        serveRequested = .allocate(capacity: self.workers)
+        for i in 0..<self.workers {
+            (heads + i).initialize(to: Atomic(Self.none))
+            (standingAside + i).initialize(to: Atomic(false))
+            (serveRequested + i).initialize(to: Atomic(false))
+        }
     }
 
     deinit {
         heads.deinitialize(count: workers)
+        standingAside.deinitialize(count: workers)
+        serveRequested.deinitialize(count: workers)
         heads.deallocate()
+        standingAside.deallocate()
+        serveRequested.deallocate()
     }
 
     /// The next arrival ticket.
@@ -42,16 +59,32 @@ public final class SharedQueueOrder: @unchecked Sendable {
         atomicMemoryFence(ordering: .sequentiallyConsistent)
     }
 
-    /// Orders a slot release before the reading of the heads that follows it.
+    /// A slot was released: every worker that stood aside gets to look again. Orders the release before
+    /// the reading of the heads that follows it.
     public func slotReleased() {
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        guard waiters.load(ordering: .sequentiallyConsistent) > 0 else { return }
+        for worker in 0..<workers where standingAside[worker].load(ordering: .relaxed) {
+            standingAside[worker].store(false, ordering: .sequentiallyConsistent)
+        }
+    }
+
+    /// `worker` could not give its oldest waiter a slot: pass its waiters over for now.
+    public func standAside(worker: Int) {
+        standingAside[worker].store(true, ordering: .sequentiallyConsistent)
         atomicMemoryFence(ordering: .sequentiallyConsistent)
     }
 
-    /// The worker whose head waiter arrived first, or nil when nobody waits.
+    /// `worker` looks at its queue again: its waiters count again.
+    public func reconsider(worker: Int) {
+        standingAside[worker].store(false, ordering: .sequentiallyConsistent)
+    }
+
+    /// The worker whose head waiter arrived first among those not standing aside, or nil when none waits.
     public func oldest() -> Int? {
         var best = Self.none
         var owner: Int?
-        for worker in 0..<workers {
+        for worker in 0..<workers where !standingAside[worker].load(ordering: .sequentiallyConsistent) {
             let ticket = heads[worker].load(ordering: .sequentiallyConsistent)
             if ticket < best {
                 best = ticket
@@ -59,5 +92,16 @@ public final class SharedQueueOrder: @unchecked Sendable {
             }
         }
         return owner
+    }
+
+    /// Asks `worker` to serve this pool; true when the request is new and the worker must be woken (a
+    /// pending one is not repeated).
+    public func requestServe(worker: Int) -> Bool {
+        !serveRequested[worker].exchange(true, ordering: .acquiringAndReleasing)
+    }
+
+    /// Takes this worker's pending request to serve the pool, if any.
+    public func takeServeRequest(worker: Int) -> Bool {
+        serveRequested[worker].exchange(false, ordering: .acquiringAndReleasing)
     }
 }
