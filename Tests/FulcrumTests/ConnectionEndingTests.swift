@@ -228,6 +228,53 @@ extension Integration {
             withExtendedLifetime(sockets) {}
         }
 
+        /// Breakers are per worker: when one worker's breaker has ejected the backend that has room, its
+        /// waiters cannot take that room, and the other worker's clients must not queue behind them.
+        @Test func aWorkerWhoseBreakerRefusesItsWaitersHoldsNoOneElseUp() throws {
+            let l = try TestBackend(.named("L"))
+            let k = try BackendProcess("K")
+            k.kill9()
+            let proxy = try FulcrumProcess(config: strategyConfig(balance: "round_robin", backends: [
+                "{address: 127.0.0.1:\(k.port), max_connections: 100}", "{address: 127.0.0.1:\(l.port), max_connections: 1}"],
+                workers: 2, poolExtra: """
+                    retries: 1
+                    breaker: {consecutive_failures: 1, base_ejection: 1m, max_ejection_percent: 100%}
+                    queue: {size: 50, timeout: 2s}
+                """))
+            let port = proxy.port("front")
+            // Until one worker has seen K refuse (and ejected it); the client is served by L meanwhile.
+            for _ in 0..<20 where proxy.logCount(containing: "connect to backend failed") == 0 { _ = try? askName(port: port) }
+            try proxy.waitForLog(containing: "connect to backend failed")
+            try k.start()
+            // Hold L's only slot.
+            var held: [TestSocket] = []
+            for _ in 0..<30 {
+                let socket = try TestSocket.connect(port: port, timeout: 3)
+                try socket.send("h\n")
+                held.append(socket)
+                if (try? socket.receiveLine())?.hasPrefix("L:") == true { break }
+            }
+            let answers = ProblemList()
+            let group = DispatchGroup()
+            for i in 0..<10 {
+                group.enter()
+                Thread.detachNewThread {
+                    defer { group.leave() }
+                    guard let socket = try? TestSocket.connect(port: port, timeout: 4) else { return }
+                    let started = Date()
+                    try? socket.send("q\(i)\n")
+                    let line = (try? socket.receiveLine()) ?? "none"
+                    answers.add("\(line.prefix(1)) \(Date().timeIntervalSince(started))")
+                }
+                usleep(50_000)
+            }
+            #expect(group.wait(timeout: .now() + 20) == .success)
+            let fromK = answers.all.filter { $0.hasPrefix("K ") }.compactMap { Double($0.dropFirst(2)) }
+            #expect(!fromK.isEmpty, "\(answers.all)")
+            #expect(fromK.allSatisfy { $0 < 1 }, "clients the other worker could serve waited: \(answers.all)")
+            withExtendedLifetime(held) {}
+        }
+
         /// With two workers and one slot, clients queued 40 ms apart are served in arrival order, whichever
         /// worker accepted each.
         @Test func queuedClientsAreServedInArrivalOrderAcrossWorkers() throws {
