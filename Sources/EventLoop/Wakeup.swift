@@ -5,10 +5,15 @@ import Glibc
 public struct WakeupSender: Sendable {
     let fd: Int32
 
-    /// Queues `command`; safe from any thread, never blocks. A command that finds the pipe full is dropped.
-    public func send(_ command: UInt8) {
+    /// Queues `command`; safe from any thread, never blocks. A command that finds the pipe full is dropped:
+    /// the answer is then false, for callers that must know.
+    @discardableResult
+    public func send(_ command: UInt8) -> Bool {
         var byte = command
-        while write(fd, &byte, 1) < 0 && currentErrno == EINTR {}
+        while true {
+            if write(fd, &byte, 1) == 1 { return true }
+            if currentErrno != EINTR { return false }
+        }
     }
 }
 

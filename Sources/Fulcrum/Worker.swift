@@ -285,10 +285,17 @@ final class Worker {
             guard session.servePass != pool.servePass else { return }
             session.servePass = pool.servePass
             let ticket = pool.waiting.firstTicket
+            let releases = pool.order.releaseCount
             session.serveFromQueue()
             if pool.waiting.first === session && pool.waiting.firstTicket == ticket {
                 // Still refused: it keeps its place and deadline; let the next worker's waiters try.
                 pool.order.standAside(worker: id)
+                if pool.order.releaseCount != releases {
+                    // A slot was released elsewhere meanwhile: offer it on the loop's next turn.
+                    pool.order.reconsider(worker: id)
+                    if pool.order.requestServe(worker: id) { plan.allWorkers[id].send(WorkerCommand.serveQueues.rawValue) }
+                    return
+                }
                 if let next = pool.order.oldest() { wake(next, pool) }
                 return
             }
@@ -299,7 +306,10 @@ final class Worker {
     /// Asks another worker to serve `pool`, waking it unless a request is already pending.
     private func wake(_ worker: Int, _ pool: PoolRuntime) {
         guard worker != id else { return }
-        if pool.order.requestServe(worker: worker) { plan.allWorkers[worker].send(WorkerCommand.serveQueues.rawValue) }
+        if pool.order.requestServe(worker: worker), !plan.allWorkers[worker].send(WorkerCommand.serveQueues.rawValue) {
+            // Its pipe is full (it is far behind): the next request must try again.
+            pool.order.cancelServeRequest(worker: worker)
+        }
     }
 
     // MARK: - Health

@@ -10,14 +10,18 @@ import Synchronization
 /// backend with room is ejected in its view only). That worker then *stands aside*: its waiters are passed
 /// over until a slot is released anywhere or it looks at its queue again, so that it holds up no one.
 ///
-/// Lost wakeups are ruled out by a sequentially consistent fence on both sides: a worker that enqueues
-/// publishes its head, fences, then picks again; a worker that releases a slot releases, fences, then reads
-/// the heads. At least one of them sees the other. Wakeups are coalesced per worker: one pending request
+/// Lost wakeups are ruled out by sequentially consistent operations on both sides: a worker that enqueues
+/// publishes its head, fences, then picks again; a worker that releases a slot releases, fences, counts the
+/// release, then reads the heads. At least one of them sees the other. The same holds for standing aside:
+/// a worker reads the release count, is refused, stands aside, and reads the count again; a release it
+/// missed either changed the count (it looks again) or came after and found it standing aside (and wakes
+/// it). Wakeups are coalesced per worker: one pending request
 /// per worker and pool, one wakeup byte.
 public final class SharedQueueOrder: @unchecked Sendable {
     public static let none = UInt64.max
     private let nextTicket = Atomic<UInt64>(0)
     private let waiters = Atomic<Int>(0)
+    private let releases = Atomic<UInt64>(0)
     private let heads: UnsafeMutablePointer<Atomic<UInt64>>
     private let standingAside: UnsafeMutablePointer<Atomic<Bool>>
     private let serveRequested: UnsafeMutablePointer<Atomic<Bool>>
@@ -53,17 +57,24 @@ public final class SharedQueueOrder: @unchecked Sendable {
     public var waiting: Int { waiters.load(ordering: .sequentiallyConsistent) }
 
     /// A worker's queue grew or shrank by `delta` and its oldest waiter now holds `head` (`none` if empty).
+    /// A new head is a new waiter to consider: the worker no longer stands aside.
     public func update(worker: Int, head: UInt64, delta: Int) {
         if delta != 0 { waiters.wrappingAdd(delta, ordering: .sequentiallyConsistent) }
-        heads[worker].store(head, ordering: .sequentiallyConsistent)
+        if heads[worker].exchange(head, ordering: .sequentiallyConsistent) != head {
+            standingAside[worker].store(false, ordering: .sequentiallyConsistent)
+        }
         atomicMemoryFence(ordering: .sequentiallyConsistent)
     }
+
+    /// Slot releases so far, while anyone waited: a worker compares it around a refusal.
+    public var releaseCount: UInt64 { releases.load(ordering: .sequentiallyConsistent) }
 
     /// A slot was released: every worker that stood aside gets to look again. Orders the release before
     /// the reading of the heads that follows it.
     public func slotReleased() {
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         guard waiters.load(ordering: .sequentiallyConsistent) > 0 else { return }
+        releases.wrappingAdd(1, ordering: .sequentiallyConsistent)
         for worker in 0..<workers where standingAside[worker].load(ordering: .relaxed) {
             standingAside[worker].store(false, ordering: .sequentiallyConsistent)
         }
@@ -98,6 +109,11 @@ public final class SharedQueueOrder: @unchecked Sendable {
     /// pending one is not repeated).
     public func requestServe(worker: Int) -> Bool {
         !serveRequested[worker].exchange(true, ordering: .acquiringAndReleasing)
+    }
+
+    /// The wakeup for a request could not be sent: the next request must send one.
+    public func cancelServeRequest(worker: Int) {
+        serveRequested[worker].store(false, ordering: .releasing)
     }
 
     /// Takes this worker's pending request to serve the pool, if any.
