@@ -160,21 +160,11 @@ public final class FulcrumProcess: @unchecked Sendable {
     public var logBytes: Int { log.reduce(0) { $0 + $1.utf8.count + 1 } }
 
     /// CPU time the process has used so far, user and system, in seconds (from /proc/PID/stat).
-    public func cpuSeconds() throws -> Double {
-        let stat = try String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8)
-        // Fields after the command name, which is in parentheses and may hold spaces: utime and stime
-        // are the 14th and 15th fields of the line, the 12th and 13th after it.
-        guard let close = stat.lastIndex(of: ")") else { throw TestSocketError("bad /proc stat line", errno: 0) }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else {
-            throw TestSocketError("bad /proc stat line: \(stat)", errno: 0)
-        }
-        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
-    }
+    public func cpuSeconds() throws -> Double { ProcessStats.cpuSeconds(process.processIdentifier) }
 
     /// The process's open descriptors, by number.
     public func openDescriptors() throws -> [Int32] {
-        try FileManager.default.contentsOfDirectory(atPath: "/proc/\(process.processIdentifier)/fd").compactMap { Int32($0) }
+        ProcessStats.openDescriptors(process.processIdentifier).map { Int32($0) }
     }
 
     /// Waits for the process to exit and returns its status; throws (after killing it) past `timeout`.

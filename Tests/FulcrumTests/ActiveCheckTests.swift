@@ -114,6 +114,7 @@ extension Integration {
             let down = try proxy.waitForLog(containing: "backend down", timeout: 5)
             let elapsed = Date().timeIntervalSince(started)
             #expect(down.contains("does not match expect_regex") && down.contains("-ERR wrong"), "\(down)")
+            print("expect_regex: a wrong reply marked down after \(elapsed) s (timeout 5 s)")
             #expect(elapsed < 2.5, "failed after \(elapsed) s, with a 5 s timeout")
         }
 

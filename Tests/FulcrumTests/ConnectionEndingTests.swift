@@ -20,6 +20,7 @@ extension Integration {
             #expect(a.accepted + b.accepted == 40)
             var counts: [String: Int] = [:]
             for _ in 0..<40 { counts[try askName(port: port), default: 0] += 1 }
+            print("after 40 connect-and-close clients, 40 requests: \(counts)")
             #expect(counts["a", default: 0] >= 15 && counts["b", default: 0] >= 15, "\(counts)")
             #expect(proxy.logCount(containing: "breaker opened") == 0)
         }
@@ -85,6 +86,7 @@ extension Integration {
             usleep(400_000)
             var counts: [String: Int] = [:]
             for _ in 0..<30 { counts[(try? askName(port: port)) ?? "failed", default: 0] += 1 }
+            print("after a trial ended by its client, 30 requests: \(counts)")
             #expect(counts["b", default: 0] >= 5, "\(counts)")
             withExtendedLifetime(healthy) {}
         }
@@ -224,6 +226,7 @@ extension Integration {
             let before = ProcessStats.cpuSeconds(pid)
             usleep(2_000_000)
             let used = ProcessStats.cpuSeconds(pid) - before
+            print("16 clients waiting in two pools: \(used) s of CPU in 2 s")
             #expect(used < 0.3, "the proxy used \(used) s of CPU in 2 s with 16 clients waiting")
             withExtendedLifetime(sockets) {}
         }
@@ -270,6 +273,7 @@ extension Integration {
             }
             #expect(group.wait(timeout: .now() + 20) == .success)
             let fromK = answers.all.filter { $0.hasPrefix("K ") }.compactMap { Double($0.dropFirst(2)) }
+            print("another worker's breaker ejects the backend with room: \(answers.all.sorted())")
             #expect(!fromK.isEmpty, "\(answers.all)")
             #expect(fromK.allSatisfy { $0 < 1 }, "clients the other worker could serve waited: \(answers.all)")
             withExtendedLifetime(held) {}
@@ -313,6 +317,7 @@ extension Integration {
                 order.append(index)
                 waiting[index].close()
             }
+            print("queued across two workers, served in order \(order)")
             #expect(order == Array(0..<8), "served in order \(order)")
         }
     }

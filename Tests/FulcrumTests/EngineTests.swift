@@ -102,6 +102,7 @@ extension Integration {
             let cpu = try proxy.cpuSeconds() - cpuBefore
             let logged = proxy.logBytes - logBefore
             let seconds = elapsed(since: window)
+            print("out of descriptors: \(cpu) s of CPU and \(logged) bytes of log in \(seconds) s")
             #expect(cpu < 0.3, "the worker used \(cpu)s of CPU in \(seconds)s while out of descriptors")
             #expect(logged < 100_000, "\(logged) bytes of log in \(seconds)s")
             #expect(proxy.logCount(containing: "pausing accepts") >= 2)

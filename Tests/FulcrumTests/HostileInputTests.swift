@@ -121,7 +121,8 @@ extension Integration {
             let cpu = ProcessStats.cpuSeconds(pid) - cpuBefore
             let elapsed = Date().timeIntervalSince(started)
             #expect(cpu < 0.5 * elapsed, "the proxy used \(cpu) s of CPU in \(elapsed) s while out of descriptors")
-            let logBytes = proxy.log.reduce(0) { $0 + $1.utf8.count }
+            let logBytes = proxy.logBytes
+            print("10,000 connections at 256 descriptors: \(cpu) s of CPU in \(elapsed) s, \(logBytes) bytes of log")
             #expect(logBytes < 200_000, "\(logBytes) bytes of log while out of descriptors")
             for fd in flood where fd >= 0 { close(fd) }
             try ProcessStats.setFileLimit(pid, 4096)
