@@ -32,6 +32,45 @@ import Testing
         #expect(pool.hold() == 1)
     }
 
+    @Test func backendsAddedAtRuntimeGetCountersThatHoldLimitsAcrossWorkers() {
+        let shared = SharedBackendCounters(capacity: 1)
+        let backends = [PoolBalancer.Backend(weight: 1, maxConnections: 1)]
+        let a = PoolBalancer(backends: backends, shared: shared) { RoundRobinStrategy(table: $0) }
+        let b = PoolBalancer(backends: backends, shared: shared) { RoundRobinStrategy(table: $0) }
+        let first = shared.address(of: 0)
+        for _ in 1..<200 {
+            a.add(PoolBalancer.Backend(weight: 1, maxConnections: 1), now: 0)
+            b.add(PoolBalancer.Backend(weight: 1, maxConnections: 1), now: 0)
+        }
+        #expect(shared.address(of: 0) == first, "growing the pool moved a counter")
+        // 200 backends with one slot each: 200 holds across both workers, then full.
+        var held: [Int] = []
+        for i in 0..<200 { if let backend = (i % 2 == 0 ? a : b).hold() { held.append(backend) } }
+        #expect(Set(held).count == 200 && shared.total == 200)
+        #expect(a.pick(tried: TriedBackends()) == .full && b.pick(tried: TriedBackends()) == .full)
+        #expect((0..<200).allSatisfy { shared.count($0) == 1 })
+    }
+
+    @Test func countersStayPutWhileAnotherThreadGrowsThePool() async {
+        let shared = SharedBackendCounters(capacity: 64)
+        let addresses = (0..<64).map { shared.address(of: $0) }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for count in stride(from: 65, through: 20_000, by: 37) { shared.ensureCapacity(count) }
+            }
+            group.addTask {
+                for round in 0..<20_000 {
+                    let backend = round % 64
+                    if shared.tryAcquire(backend, limit: 2) { shared.release(backend) }
+                }
+            }
+        }
+        #expect((0..<64).allSatisfy { shared.address(of: $0) == addresses[$0] && shared.count($0) == 0 })
+        #expect(shared.total == 0)
+        shared.ensureCapacity(SharedBackendCounters.maxBackends)
+        #expect(shared.count(SharedBackendCounters.maxBackends - 1) == 0)
+    }
+
     @Test func limitsHoldAcrossWorkersSharingCounters() {
         let shared = SharedBackendCounters(capacity: 1)
         let backends = [PoolBalancer.Backend(weight: 1, maxConnections: 3)]

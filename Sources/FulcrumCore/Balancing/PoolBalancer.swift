@@ -49,6 +49,7 @@ public final class PoolBalancer {
     public init(backends: [Backend], slowStart: Duration = .zero, shared: SharedBackendCounters? = nil,
                 now: Microseconds = 0, makeStrategy: @escaping (BackendTable) -> any BalancingStrategy) {
         let shared = shared ?? SharedBackendCounters(capacity: max(1, backends.count))
+        shared.ensureCapacity(backends.count)
         table = BackendTable(weights: backends.map(\.weight), identities: backends.map(\.identity), processWide: shared)
         self.shared = shared
         self.makeStrategy = makeStrategy
@@ -134,6 +135,7 @@ public final class PoolBalancer {
     @discardableResult
     public func add(_ backend: Backend, now: Microseconds) -> Int {
         let index = table.count
+        shared.ensureCapacity(index + 1)
         table.weight.append(backend.weight)
         table.effectiveWeight.append(backend.weight * BackendTable.weightScale)
         table.active.append(0)
