@@ -73,6 +73,8 @@ valgrind --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak
   --error-exitcode=99 --suppressions=Tests/valgrind-swift.supp --log-file="$OUT/valgrind.log" \
   "$OUT/fulcrum" run --config "$OUT/fulcrum.yaml" >"$OUT/fulcrum.log" 2>&1 &
 FULCRUM_PID=$!
+# A failed traffic step must not leave the proxy running under valgrind.
+trap 'kill $ECHO_PID 2>/dev/null || true; kill -KILL $FULCRUM_PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do grep -q "fulcrum ready" "$OUT/fulcrum.log" && break; sleep 0.1; done
 PORT=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$OUT/fulcrum.log" | head -1 | cut -d: -f2)
 RESILIENT=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$OUT/fulcrum.log" | sed -n 2p | cut -d: -f2)
