@@ -50,12 +50,12 @@ public final class Mailbox<Message: Sendable>: Sendable {
     }
 
     /// Queues `messages` in their order, with one wake at most, as one unit: no other producer's message
-    /// comes between them.
-    public func post(contentsOf messages: some Sequence<Message> & Sendable) {
+    /// comes between them. An array, so that no caller's code runs under the lock.
+    public func post(contentsOf messages: [Message]) {
+        guard !messages.isEmpty else { return }
         let ticket = state.withLock { state -> UInt64? in
-            let before = state.pending.count
             state.pending.append(contentsOf: messages)
-            return state.pending.count == before ? nil : Self.requestWake(&state)
+            return Self.requestWake(&state)
         }
         if let ticket { sendWake(ticket) }
     }
