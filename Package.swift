@@ -47,7 +47,7 @@ let package = Package(
         // Plain timed harness: picks per second for every strategy and pool size (bench/picks.sh).
         .executableTarget(name: "PickBenchmark", dependencies: ["FulcrumCore"], path: "bench/PickBenchmark"),
         .testTarget(name: "FulcrumCoreTests", dependencies: ["FulcrumCore", "FulcrumTestSupport"]),
-        .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "FulcrumTestSupport"]),
+        .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "FulcrumCore", "FulcrumTestSupport"]),
         .testTarget(name: "FulcrumTests", dependencies: [
             "Fulcrum", "FulcrumCore", "FulcrumTestSupport", .product(name: "Logging", package: "swift-log"),
         ]),
