@@ -52,7 +52,7 @@ public final class Engine {
     /// that arrives while the configuration is read or the listeners are bound stops Fulcrum like any
     /// other instead of killing it. Call it first thing; `run` calls it too.
     public static func holdStopSignals() {
-        SignalWatcher.block(stopSignals)
+        SignalWatcher.block(stopSignals + [SIGHUP])
     }
 
     /// Binds, serves until a signal and a drain, and returns the process exit status.
@@ -88,7 +88,12 @@ public final class Engine {
             }
         }
         // Watch before anything else starts: a signal from here on drains instead of killing.
-        let watchers = Engine.stopSignals.map { SignalWatcher(base: base, signal: $0, handler: onSignal) }
+        var watchers = Engine.stopSignals.map { SignalWatcher(base: base, signal: $0, handler: onSignal) }
+        // SIGHUP's default action would end the process and cut every connection (a stray `kill -HUP`, a
+        // service manager's reload): it changes nothing instead, and says so.
+        watchers.append(SignalWatcher(base: base, signal: SIGHUP) { [logger] _ in
+            logger.warning("SIGHUP received: reloading the configuration is not supported yet; nothing changed, restart to apply a new file")
+        })
 
         let sockets = try bindListeners(workers: workers)
         // Every wakeup pipe stays open until every thread that could write to it has been joined.

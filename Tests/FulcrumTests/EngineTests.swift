@@ -206,6 +206,28 @@ extension Integration {
             #expect(proxy.logCount(containing: "stopped: all connections drained") == 1)
         }
 
+        /// SIGHUP (a stray `kill -HUP`, a service manager's reload) must not end the process and cut every
+        /// connection: it changes nothing and says so.
+        @Test func sighupChangesNothingAndCutsNoConnection() throws {
+            let backend = try TestBackend(.echo)
+            let proxy = try FulcrumProcess(config: proxyConfig(backends: [(backend.port, 1)], workers: 2))
+            let open = try TestSocket.connect(port: proxy.port("front"))
+            try open.send("before\n")
+            #expect(try open.receiveLine() == "before")
+            proxy.signal(SIGHUP)
+            try proxy.waitForLog(containing: "SIGHUP received")
+            try open.send("after\n")
+            #expect(try open.receiveLine() == "after")
+            let late = try TestSocket.connect(port: proxy.port("front"))
+            try late.send("new\n")
+            #expect(try late.receiveLine() == "new")
+            #expect(proxy.process.isRunning)
+            open.close()
+            late.close()
+            proxy.signal(SIGTERM)
+            #expect(try proxy.waitForExit(timeout: 30) == 0)
+        }
+
         /// SIGTERM as soon as fulcrum has started (config read, listeners not bound, workers not spawned):
         /// it stops like any drain and exits 0, instead of dying by the signal.
         @Test func sigtermDuringStartupStopsCleanly() throws {
