@@ -96,6 +96,14 @@ public final class Engine {
         })
 
         let sockets = try bindListeners(workers: workers)
+        let pidFile: PidFile?
+        do throws(SystemError) {
+            pidFile = try config.pidFile.map { path throws(SystemError) in try PidFile.write(path) }
+        } catch {
+            for fds in sockets { for fd in fds { Socket.close(fd) } }
+            throw error
+        }
+        defer { pidFile?.remove() }
         // Every wakeup pipe stays open until every thread that could write to it has been joined.
         let enginePipe = try WakeupPipe()
         var pipes: [WakeupPipe] = []

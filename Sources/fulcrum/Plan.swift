@@ -17,6 +17,7 @@ enum Plan {
         }
         lines.append("drain_timeout:  \(config.drainTimeout.configText)")
         lines.append("buffer_size:    \(sizeText(config.bufferSize))")
+        lines.append("pid_file:       \(config.pidFile ?? "off")")
         lines.append("")
         for listener in config.listeners {
             lines.append("listener \(listener.name): \(listener.address) -> pool \(listener.pool) (backlog \(listener.backlog))")

@@ -538,3 +538,22 @@ extension ConfigLoaderTests {
         #expect(found.first?.hint?.contains("127.0.0.1:7000") == true)
     }
 }
+
+extension ConfigLoaderTests {
+    @Test func pidFileMustNameAFile() throws {
+        let found = diagnostics("""
+        pid_file: /run/
+        listeners:
+          - {name: a, listen: 127.0.0.1:7000, pool: app}
+        \(onePool)
+        """)
+        #expect(found.count == 1 && found.first?.line == 1 && found.first?.keyPath == "pid_file")
+        let config = try ConfigLoader.load(text: """
+        pid_file: /run/fulcrum.pid
+        listeners:
+          - {name: a, listen: 127.0.0.1:7000, pool: app}
+        \(onePool)
+        """, file: "ok.yaml")
+        #expect(config.pidFile == "/run/fulcrum.pid")
+    }
+}

@@ -206,6 +206,27 @@ extension Integration {
             #expect(proxy.logCount(containing: "stopped: all connections drained") == 1)
         }
 
+        /// `pid_file` names the running process once its listeners are bound and goes away when it exits; a
+        /// second instance that cannot bind leaves it alone.
+        @Test func pidFileNamesTheRunningProcessUntilItExits() throws {
+            let backend = try TestBackend(.echo)
+            let dir = try TemporaryDirectory()
+            let path = dir.url.appendingPathComponent("fulcrum.pid").path
+            let config = proxyConfig(backends: [(backend.port, 1)], workers: 1, top: "pid_file: \(path)")
+            let proxy = try FulcrumProcess(config: config)
+            let pid = proxy.process.processIdentifier
+            #expect(try String(contentsOfFile: path, encoding: .utf8) == "\(pid)\n")
+            // A second instance on the same address fails to bind and must not take the pid file.
+            let port = proxy.port("front")
+            let second = try dir.write("second.yaml", config.replacingOccurrences(of: "127.0.0.1:0", with: "127.0.0.1:\(port)"))
+            let (status, _) = try runFulcrum(["run", "--config", second])
+            #expect(status == 1)
+            #expect(try String(contentsOfFile: path, encoding: .utf8) == "\(pid)\n")
+            proxy.signal(SIGTERM)
+            #expect(try proxy.waitForExit(timeout: 30) == 0)
+            #expect(!FileManager.default.fileExists(atPath: path))
+        }
+
         /// SIGHUP (a stray `kill -HUP`, a service manager's reload) must not end the process and cut every
         /// connection: it changes nothing and says so.
         @Test func sighupChangesNothingAndCutsNoConnection() throws {

@@ -14,12 +14,16 @@ public struct FulcrumConfig: Equatable, Sendable {
     public var listeners: [Listener]
     /// Pools in the order the file defines them.
     public var pools: [Pool]
+    /// Where to write the process id once the listeners are bound; removed at exit.
+    public var pidFile: String?
 
     public static let defaultDrainTimeout: Duration = .seconds(30)
     public static let defaultBufferSize = 256 << 10
 
     public init(workers: Workers = .auto, drainTimeout: Duration = Self.defaultDrainTimeout,
-                bufferSize: Int = Self.defaultBufferSize, listeners: [Listener], pools: [Pool]) {
+                bufferSize: Int = Self.defaultBufferSize, listeners: [Listener], pools: [Pool],
+                pidFile: String? = nil) {
+        self.pidFile = pidFile
         self.workers = workers
         self.drainTimeout = drainTimeout
         self.bufferSize = bufferSize

@@ -3,7 +3,7 @@ import Yams
 /// Parses and validates a configuration file's text into a `FulcrumConfig`, or throws a `ConfigError`
 /// listing every problem at once. Reads no files itself: callers pass the text and the name to report.
 public enum ConfigLoader {
-    static let topKeys = ["workers", "drain_timeout", "buffer_size", "listeners", "pools"]
+    static let topKeys = ["workers", "drain_timeout", "buffer_size", "pid_file", "listeners", "pools"]
     static let listenerKeys = ["name", "listen", "pool", "backlog"]
     static let poolKeys = ["backends", "balance", "connect_timeout", "idle_timeout", "retries", "slow_start", "queue"]
         + resilienceKeys
@@ -50,10 +50,20 @@ public enum ConfigLoader {
         let bufferSize = top["buffer_size"].flatMap { r.size($0, "buffer_size", in: ConfigLimits.bufferSize) }
             ?? FulcrumConfig.defaultBufferSize
 
+        var pidFile: String?
+        if let node = top["pid_file"], let path = r.scalar(node, "pid_file", expecting: "a file path") {
+            if path.isEmpty || path.hasSuffix("/") || path.contains("\0") {
+                r.report(node, "pid_file", "'\(path)' is not a file path",
+                         hint: "name a file, e.g. pid_file: /run/fulcrum.pid")
+            } else {
+                pidFile = path
+            }
+        }
+
         let pools = buildPools(top, &r)
         let listeners = buildListeners(top, pools: pools, &r)
         return FulcrumConfig(workers: workers, drainTimeout: drain, bufferSize: bufferSize,
-                             listeners: listeners, pools: pools)
+                             listeners: listeners, pools: pools, pidFile: pidFile)
     }
 
     /// Two listen addresses of one family on one port, one of them the wildcard (0.0.0.0 or [::]): the

@@ -134,6 +134,9 @@ public struct ConfigDiff: Equatable, Sendable {
             changes.append(.needsRestart(key: "buffer_size", running: sizeText(running.bufferSize),
                                          loaded: sizeText(loaded.bufferSize)))
         }
+        if running.pidFile != loaded.pidFile {
+            changes.append(.needsRestart(key: "pid_file", running: running.pidFile ?? "off", loaded: loaded.pidFile ?? "off"))
+        }
         if running.drainTimeout != loaded.drainTimeout {
             changes.append(.drainTimeoutChanged(from: running.drainTimeout, to: loaded.drainTimeout))
         }
@@ -238,11 +241,12 @@ public struct ConfigDiff: Equatable, Sendable {
 
 extension FulcrumConfig {
     /// The configuration a reload to `loaded` runs: `loaded`, except for the values that need a restart
-    /// (`workers`, `buffer_size`), which keep their running value.
+    /// (`workers`, `buffer_size`, `pid_file`), which keep their running value.
     public func reloaded(to loaded: FulcrumConfig) -> FulcrumConfig {
         var result = loaded
         result.workers = workers
         result.bufferSize = bufferSize
+        result.pidFile = pidFile
         return result
     }
 }
