@@ -46,19 +46,12 @@ public final class Connector {
     /// follows); otherwise `connectorFinished` reports the result, within `timeoutMicroseconds`.
     public func start(_ endpoint: Endpoint, timeoutMicroseconds: Int64, slowAfterMicroseconds: Int64 = 0) -> ConnectError? {
         precondition(fd < 0, "connector already in use")
-        let socketFD = socket(endpoint.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard socketFD >= 0 else { return ConnectError(errno: currentErrno) }
-        Relay.setNoDelay(socketFD)
-        var result: Int32 = 0
-        repeat {
-            result = endpoint.withSockaddr { Glibc.connect(socketFD, $0, $1) }
-        } while result < 0 && currentErrno == EINTR
-        if result < 0 && currentErrno != EINPROGRESS {
-            let error = ConnectError(errno: currentErrno)
-            Glibc.close(socketFD)
+        let socketFD: Int32
+        do throws(ConnectError) {
+            socketFD = try Socket.startConnect(endpoint)
+        } catch {
             return error
         }
-        // Connected already or in progress: either way the outcome is read when the socket turns writable.
         fd = socketFD
         let me = Unmanaged.passUnretained(self).toOpaque()
         event_assign(writeEvent, eventBase.base, socketFD, Int16(EV_WRITE), connectorCallback, me)
@@ -98,15 +91,7 @@ public final class Connector {
     func finished(timedOut: Bool) {
         guard fd >= 0 else { return }
         disarm()
-        var error: ConnectError?
-        if timedOut {
-            error = .timedOut
-        } else {
-            var code: Int32 = 0
-            var length = socklen_t(MemoryLayout<Int32>.size)
-            if getsockopt(fd, SOL_SOCKET, SO_ERROR, &code, &length) < 0 { code = currentErrno }
-            if code != 0 { error = ConnectError(errno: code) }
-        }
+        let error = timedOut ? .timedOut : Socket.connectError(fd)
         if error != nil {
             Glibc.close(fd)
             fd = -1

@@ -53,10 +53,9 @@ public final class EventBase {
     /// moves none of them.
     ///
     /// Read with `clock_gettime(CLOCK_MONOTONIC)`, which the kernel serves from the vDSO without a system
-    /// call: about 30 ns on this project's machines (TSC clock source). libevent's
-    /// `event_base_gettimeofday_cached` (about 6 ns) is its loop time plus a wall-clock offset it re-reads
-    /// every 5 seconds, so a wall-clock step moved every deadline by the step; libevent 2.1 offers no cached
-    /// monotonic reading. Per connection and per latency sample the 30 ns do not matter; per forwarded
+    /// call: about 30 ns on this project's machines (TSC clock source). libevent's cached loop time (about
+    /// 6 ns, used before) adds a wall-clock offset it re-reads every 5 seconds, so a wall-clock step moved
+    /// every deadline by the step; libevent 2.1 offers no cached monotonic reading. Per connection and per latency sample the 30 ns do not matter; per forwarded
     /// chunk the relay reads `coarseMicroseconds` instead.
     @inline(__always)
     public var monotonicMicroseconds: Int64 { Self.read(CLOCK_MONOTONIC) }

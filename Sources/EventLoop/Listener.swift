@@ -14,12 +14,7 @@ public final class Listener {
     private let onAccept: (Int32, Endpoint) -> Void
     private let onError: (AcceptPause) -> Void
     private var resumeTimer: Timer?
-    /// The current back-off; 0 while accepts succeed.
-    private var pauseMicroseconds: Int64 = 0
-    private var failuresInARow = 0
-
-    static let firstPause: Int64 = 10_000
-    static let longestPause: Int64 = 100_000
+    private var backoff = Backoff()
 
     /// What the error handler hears: one per pause, never per failed accept.
     public struct AcceptPause: Sendable {
@@ -58,23 +53,18 @@ public final class Listener {
 
     @inline(__always)
     private func accepted(_ fd: Int32, _ peer: Endpoint) {
-        if pauseMicroseconds != 0 {
-            pauseMicroseconds = 0
-            failuresInARow = 0
-        }
+        backoff.reset()
         onAccept(fd, peer)
     }
 
     /// libevent calls this for every accept error it does not retry itself (it retries EINTR, EAGAIN and
     /// ECONNABORTED).
     private func failed(_ code: Int32) {
-        guard let listener else { return }
-        evconnlistener_disable(listener)
-        pauseMicroseconds = pauseMicroseconds == 0 ? Self.firstPause : min(pauseMicroseconds * 2, Self.longestPause)
-        failuresInARow += 1
-        resumeTimer?.schedule(after: pauseMicroseconds)
-        onError(AcceptPause(error: SystemError("accept", errno: code), microseconds: pauseMicroseconds,
-                            failuresInARow: failuresInARow))
+        guard listener != nil else { return }
+        let pause = backoff.fail()
+        self.pause(for: pause)
+        onError(AcceptPause(error: SystemError("accept", errno: code), microseconds: pause,
+                            failuresInARow: backoff.failuresInARow))
     }
 
     /// Stops accepting for `microseconds`, then resumes: for a worker that cannot open the descriptors its
@@ -89,5 +79,31 @@ public final class Listener {
     private func resume() {
         guard let listener else { return }
         evconnlistener_enable(listener)
+    }
+}
+
+/// The pause after a run of failures that retrying at once would only repeat: 10 ms after the first,
+/// doubling up to 100 ms while they go on (as HAProxy and nginx pause), until `reset` on a success.
+public struct Backoff: Sendable {
+    public static let firstPause: Int64 = 10_000
+    public static let longestPause: Int64 = 100_000
+
+    /// The current pause in microseconds; 0 after a success.
+    public private(set) var pause: Int64 = 0
+    /// Failures since the last success.
+    public private(set) var failuresInARow = 0
+
+    public init() {}
+
+    /// Counts one failure and returns how long to pause now.
+    public mutating func fail() -> Int64 {
+        pause = pause == 0 ? Self.firstPause : min(pause * 2, Self.longestPause)
+        failuresInARow += 1
+        return pause
+    }
+
+    @inline(__always)
+    public mutating func reset() {
+        if failuresInARow != 0 { self = Backoff() }
     }
 }

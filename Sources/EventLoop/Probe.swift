@@ -58,11 +58,10 @@ public final class Probe {
 
     private func begin(_ endpoint: Endpoint, timeoutMicroseconds: Int64) {
         _ = Unmanaged.passRetained(self)
-        fd = socket(endpoint.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return finish(Self.failed(ConnectError(errno: currentErrno))) }
-        let result = endpoint.withSockaddr { Glibc.connect(fd, $0, $1) }
-        if result < 0 && currentErrno != EINPROGRESS {
-            return finish(Self.failed(ConnectError(errno: currentErrno)))
+        do throws(ConnectError) {
+            fd = try Socket.startConnect(endpoint)
+        } catch {
+            return finish(Self.failed(error))
         }
         let me = Unmanaged.passUnretained(self).toOpaque()
         timer = event_new(base.base, -1, 0, { _, _, context in
@@ -82,10 +81,7 @@ public final class Probe {
 
     private func ready(_ what: Int32) {
         if !connected {
-            var code: Int32 = 0
-            var length = socklen_t(MemoryLayout<Int32>.size)
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &code, &length)
-            guard code == 0 else { return finish(.fail(ConnectError(errno: code).description)) }
+            if let error = Socket.connectError(fd) { return finish(Self.failed(error)) }
             connected = true
         }
         if sent < send.count {

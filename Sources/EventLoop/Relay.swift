@@ -222,7 +222,7 @@ public final class Relay {
         for slot in EventSlot.allCases {
             event_assign(event(slot), base.base, -1, 0, relayIdleCallback, me)
         }
-        Self.setNoDelay(clientFD)
+        Socket.setNoDelay(clientFD)
         _ = Unmanaged.passRetained(self)
         group.insert(self)
     }
@@ -250,9 +250,6 @@ public final class Relay {
         }
     }
 
-    static func setNoDelay(_ fd: Int32) {
-        try? Socket.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
-    }
 
     /// Whether the kept client bytes could be replayed to another backend now.
     public var canReplay: Bool { replay != nil && !firstByteSeen }

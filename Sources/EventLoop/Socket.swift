@@ -41,6 +41,37 @@ public enum Socket {
         return Endpoint(storage: storage, length: length)
     }
 
+    /// Small RPC messages go out at once rather than waiting for Nagle's algorithm.
+    static func setNoDelay(_ fd: Int32) {
+        try? setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+    }
+
+    /// A non-blocking TCP socket (TCP_NODELAY) connecting to `endpoint`: connected already or in progress,
+    /// the outcome is known when it turns writable (`connectError`). Throws if the connect failed at once.
+    static func startConnect(_ endpoint: Endpoint) throws(ConnectError) -> Int32 {
+        let fd = socket(endpoint.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw ConnectError(errno: currentErrno) }
+        setNoDelay(fd)
+        var result: Int32 = 0
+        repeat {
+            result = endpoint.withSockaddr { Glibc.connect(fd, $0, $1) }
+        } while result < 0 && currentErrno == EINTR
+        if result < 0 && currentErrno != EINPROGRESS {
+            let error = ConnectError(errno: currentErrno)
+            Glibc.close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    /// How the connect of a socket from `startConnect` ended, once it turned writable: nil if it connected.
+    static func connectError(_ fd: Int32) -> ConnectError? {
+        var code: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        if getsockopt(fd, SOL_SOCKET, SO_ERROR, &code, &length) < 0 { code = currentErrno }
+        return code == 0 ? nil : ConnectError(errno: code)
+    }
+
     public static func close(_ fd: Int32) {
         _ = Glibc.close(fd)
     }

@@ -15,8 +15,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
     private(set) var relay: Relay?
     private var lifecycle: Lifecycle
     private var tried = TriedBackends()
-    private var connectors: (Connector?, Connector?) = (nil, nil)
-    private var connectStarted: (Int64, Int64) = (0, 0)
+    private var legs = Legs()
     private var lastError: String?
     /// Waiting in the worker's queue for `pool`.
     var queued = false
@@ -148,9 +147,8 @@ final class Session: RelayDelegate, ConnectorDelegate {
 
     private func connect(_ leg: Lifecycle.Leg, backend: Int) -> Lifecycle.Event? {
         if queued { worker.dequeue(self) }
-        let now = worker.now
         let connector = connector(leg)
-        if leg == .primary { connectStarted.0 = now } else { connectStarted.1 = now }
+        legs[leg].started = worker.now
         if leg == .hedge {
             worker.stats.hedges += 1
             worker.logger.info("connect is slow, racing a second backend", metadata: [
@@ -166,17 +164,16 @@ final class Session: RelayDelegate, ConnectorDelegate {
     }
 
     private func connector(_ leg: Lifecycle.Leg) -> Connector {
-        if let existing = leg == .primary ? connectors.0 : connectors.1 { return existing }
+        if let existing = legs[leg].connector { return existing }
         let connector = worker.takeConnector(leg: leg.rawValue)
         connector.delegate = self
-        if leg == .primary { connectors.0 = connector } else { connectors.1 = connector }
+        legs[leg].connector = connector
         return connector
     }
 
     private func attach(_ leg: Lifecycle.Leg) {
-        let (winner, loser) = leg == .primary ? (connectors.0, connectors.1) : (connectors.1, connectors.0)
-        loser?.cancel()
-        guard let winner, let relay else { return }
+        legs[leg == .primary ? .hedge : .primary].connector?.cancel()
+        guard let winner = legs[leg].connector, let relay else { return }
         relay.attach(upstream: winner.takeSocket())
     }
 
@@ -209,9 +206,9 @@ final class Session: RelayDelegate, ConnectorDelegate {
         finished = true
         cancelConnects()
         if queued { worker.dequeue(self) }
-        if let connector = connectors.0 { worker.giveBack(connector) }
-        if let connector = connectors.1 { worker.giveBack(connector) }
-        connectors = (nil, nil)
+        if let connector = legs.primary.connector { worker.giveBack(connector) }
+        if let connector = legs.hedge.connector { worker.giveBack(connector) }
+        legs = Legs()
         if let relay {
             worker.stats.bytesFromClients &+= relay.bytesFromClient
             worker.stats.bytesToClients &+= relay.bytesToClient
@@ -221,8 +218,8 @@ final class Session: RelayDelegate, ConnectorDelegate {
     }
 
     private func cancelConnects() {
-        connectors.0?.cancel()
-        connectors.1?.cancel()
+        legs.primary.connector?.cancel()
+        legs.hedge.connector?.cancel()
     }
 
     // MARK: - Connector events
@@ -230,15 +227,13 @@ final class Session: RelayDelegate, ConnectorDelegate {
     func connectorFinished(_ connector: Connector, error: ConnectError?) {
         let leg = Lifecycle.Leg(rawValue: connector.leg) ?? .primary
         if let error {
-            if let backend = leg == .primary ? lifecycle.backend : lifecycle.hedgeBackend {
-                connectFailed(leg, backend: backend, error)
-            }
+            if let backend = lifecycle.backend(leg) { connectFailed(leg, backend: backend, error) }
             drive(.connectFailed(leg, Self.failure(error)))
             return
         }
-        if pool.relayOptions.measureLatency, let backend = leg == .primary ? lifecycle.backend : lifecycle.hedgeBackend {
+        if pool.relayOptions.measureLatency, let backend = lifecycle.backend(leg) {
             let now = worker.now
-            pool.balancer.observeConnect(latency: now - (leg == .primary ? connectStarted.0 : connectStarted.1), backend: backend, now: now)
+            pool.balancer.observeConnect(latency: now - legs[leg].started, backend: backend, now: now)
         }
         worker.backendConnected()
         drive(.connected(leg))
@@ -311,6 +306,24 @@ final class Session: RelayDelegate, ConnectorDelegate {
 
     func relayClosed(_ relay: Relay, reason: RelayCloseReason) {
         drive(.ended(Self.ending(reason)))
+    }
+
+    // MARK: - Legs
+
+    /// What the session holds for each of its at most two racing connects.
+    private struct Legs {
+        struct Leg {
+            var connector: Connector?
+            var started: Int64 = 0
+        }
+
+        var primary = Leg()
+        var hedge = Leg()
+
+        subscript(_ leg: Lifecycle.Leg) -> Leg {
+            get { leg == .primary ? primary : hedge }
+            set { if leg == .primary { primary = newValue } else { hedge = newValue } }
+        }
     }
 
     // MARK: - Mapping

@@ -59,10 +59,10 @@ final class Worker {
     private var breakerTimer: Timer?
     private var draining = false
     private var spareConnectors: [Connector] = []
-    private var localPause: Int64 = 0
+    /// Accept pauses while backend sockets cannot be opened (reset by the next backend connection).
+    private var localBackoff = Backoff()
     private var closingAll = false
     private var lastPortsLog: Int64 = .min / 2
-    private var localFailures = 0
 
     init(plan: WorkerPlan) {
         self.plan = plan
@@ -152,7 +152,6 @@ final class Worker {
     /// clients now would only close them at once, so accepting pauses (10 ms, doubling to 100 ms while it
     /// goes on), logged once per pause.
     func outOfLocalResources(_ error: ConnectError) {
-        localFailures += 1
         if error.isOutOfPorts {
             // Ephemeral ports run out per destination: other backends may still be reachable, so accepting
             // goes on; the log says so at most once a second.
@@ -160,26 +159,21 @@ final class Worker {
             guard now - lastPortsLog >= 1_000_000 else { return }
             lastPortsLog = now
             logger.error("cannot open backend connections: out of ephemeral ports towards a backend; its clients are closed", metadata: [
-                "error": "\(error)", "failures_in_a_row": "\(localFailures)",
+                "error": "\(error)",
             ])
             return
         }
-        localPause = localPause == 0 ? 10_000 : min(localPause * 2, 100_000)
-        for listener in listeners { listener.pause(for: localPause) }
+        let pause = localBackoff.fail()
+        for listener in listeners { listener.pause(for: pause) }
         logger.error("cannot open backend connections: out of a local resource, pausing accepts", metadata: [
-            "error": "\(error)", "pause": "\(Duration.microseconds(localPause).configText)",
-            "failures_in_a_row": "\(localFailures)",
+            "error": "\(error)", "pause": "\(Duration.microseconds(pause).configText)",
+            "failures_in_a_row": "\(localBackoff.failuresInARow)",
         ])
     }
 
     /// A backend connection opened: the local back-off, if any, is over.
     @inline(__always)
-    func backendConnected() {
-        if localFailures != 0 {
-            localPause = 0
-            localFailures = 0
-        }
-    }
+    func backendConnected() { localBackoff.reset() }
 
     // MARK: - Connectors
 
@@ -200,8 +194,7 @@ final class Worker {
     /// Gives a backend slot back and hands it to the oldest waiting client of the process, if any.
     func release(_ pool: PoolRuntime, backend: Int) {
         pool.balancer.release(backend)
-        pool.order.slotReleased()
-        if pool.order.waiting > 0 && !closingAll { serveOldest(pool) }
+        if pool.order.slotReleased() && !closingAll { serveOldest(pool) }
     }
 
     /// Whether clients of `pool` wait anywhere in the process, in a worker that does not stand aside.
@@ -278,7 +271,7 @@ final class Worker {
     private func serveLoop(_ pool: PoolRuntime) {
         while let oldest = pool.order.oldest() {
             guard oldest == id, let session = pool.waiting.first else {
-                wake(oldest, pool)
+                if oldest != id { requestServe(oldest, pool) }
                 return
             }
             // Offered a slot once per call: one that failed and queued again waits for the next release.
@@ -293,19 +286,19 @@ final class Worker {
                 if pool.order.releaseCount != releases {
                     // A slot was released elsewhere meanwhile: offer it on the loop's next turn.
                     pool.order.reconsider(worker: id)
-                    if pool.order.requestServe(worker: id) { plan.allWorkers[id].send(WorkerCommand.serveQueues.rawValue) }
+                    requestServe(id, pool)
                     return
                 }
-                if let next = pool.order.oldest() { wake(next, pool) }
+                if let next = pool.order.oldest() { requestServe(next, pool) }
                 return
             }
             // Served, closed, or queued again behind the others: look at the new oldest.
         }
     }
 
-    /// Asks another worker to serve `pool`, waking it unless a request is already pending.
-    private func wake(_ worker: Int, _ pool: PoolRuntime) {
-        guard worker != id else { return }
+    /// Asks a worker (this one included: on the loop's next turn) to serve `pool`, waking it unless a
+    /// request is already pending.
+    private func requestServe(_ worker: Int, _ pool: PoolRuntime) {
         if pool.order.requestServe(worker: worker), !plan.allWorkers[worker].send(WorkerCommand.serveQueues.rawValue) {
             // Its pipe is full (it is far behind): the next request must try again.
             pool.order.cancelServeRequest(worker: worker)

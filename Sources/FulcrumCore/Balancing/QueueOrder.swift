@@ -70,14 +70,16 @@ public final class SharedQueueOrder: @unchecked Sendable {
     public var releaseCount: UInt64 { releases.load(ordering: .sequentiallyConsistent) }
 
     /// A slot was released: every worker that stood aside gets to look again. Orders the release before
-    /// the reading of the heads that follows it.
-    public func slotReleased() {
+    /// the reading of the heads that follows it. Returns whether anyone waits (then serve the oldest).
+    @discardableResult
+    public func slotReleased() -> Bool {
         atomicMemoryFence(ordering: .sequentiallyConsistent)
-        guard waiters.load(ordering: .sequentiallyConsistent) > 0 else { return }
+        guard waiters.load(ordering: .sequentiallyConsistent) > 0 else { return false }
         releases.wrappingAdd(1, ordering: .sequentiallyConsistent)
         for worker in 0..<workers where standingAside[worker].load(ordering: .relaxed) {
             standingAside[worker].store(false, ordering: .sequentiallyConsistent)
         }
+        return true
     }
 
     /// `worker` could not give its oldest waiter a slot: pass its waiters over for now.

@@ -183,8 +183,8 @@ public struct ConnectionLifecycle: Sendable {
 
     /// The backend the client is connected to (or connecting to on the primary leg).
     public var backend: Int? { legs.0?.backend }
-    /// The backend of the racing hedge leg.
-    public var hedgeBackend: Int? { legs.1?.backend }
+    /// The backend a leg is connecting (or connected) to.
+    public func backend(_ leg: Leg) -> Int? { attempt(leg)?.backend }
     public var isWaiting: Bool { state == .waiting }
     public var hasEnded: Bool { if case .ended = state { return true } else { return false } }
 
