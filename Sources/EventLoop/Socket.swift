@@ -30,6 +30,12 @@ public enum Socket {
         return fd
     }
 
+    /// Sets the accept queue length of a socket that is already listening (Linux applies a second
+    /// `listen` to the open socket; connections in its queue stay).
+    public static func setBacklog(_ fd: Int32, _ backlog: Int32) throws(SystemError) {
+        try syscall("listen") { Glibc.listen(fd, backlog) }
+    }
+
     /// The address a socket is bound to; reads back the port the kernel chose for port 0.
     public static func localEndpoint(_ fd: Int32) throws(SystemError) -> Endpoint {
         var storage = sockaddr_storage()

@@ -19,6 +19,8 @@ import Logging
 /// ```
 public final class Engine {
     public let config: FulcrumConfig
+    /// The file SIGHUP re-reads.
+    public let configPath: String?
     private var logger: Logger
 
     enum Phase { case starting, serving, draining, stopping }
@@ -35,9 +37,12 @@ public final class Engine {
     static let firstChecksWaitMicroseconds: Int64 = 2_000_000
     /// What a worker sends the engine when its loop has ended.
     static let workerStopped: UInt8 = 0x66 // "f"
+    /// What a worker sends the engine when it has posted a report.
+    static let reportPosted: UInt8 = 0x72 // "r"
 
-    public init(config: FulcrumConfig, logger: Logger) {
+    public init(config: FulcrumConfig, configPath: String? = nil, logger: Logger) {
         self.config = config
+        self.configPath = configPath
         self.logger = logger
     }
 
@@ -66,13 +71,15 @@ public final class Engine {
         var phase = Phase.starting
         var senders: [WakeupSender] = []
         var checker: HealthChecker?
+        var live: LiveState?
+        var reloadPending = false
         let forcedStop = Timer(base: base) { base.exit() }
         let onSignal: (Int32) -> Void = { [logger, config] number in
             let name = number == SIGTERM ? "SIGTERM" : "SIGINT"
             switch phase {
             case .starting, .serving:
                 logger.info("\(name) received: stopping", metadata: [
-                    "drain_timeout": "\(config.drainTimeout.configText)",
+                    "drain_timeout": "\(live?.config.drainTimeout.configText ?? config.drainTimeout.configText)",
                 ])
                 checker?.stop()
                 if phase == .starting { base.exit() }
@@ -89,31 +96,50 @@ public final class Engine {
         }
         // Watch before anything else starts: a signal from here on drains instead of killing.
         var watchers = Engine.stopSignals.map { SignalWatcher(base: base, signal: $0, handler: onSignal) }
-        // SIGHUP's default action would end the process and cut every connection (a stray `kill -HUP`, a
-        // service manager's reload): it changes nothing instead, and says so.
-        watchers.append(SignalWatcher(base: base, signal: SIGHUP) { [logger] _ in
-            logger.warning("SIGHUP received: reloading the configuration is not supported yet; nothing changed, restart to apply a new file")
+        // SIGHUP re-reads the configuration file and applies what changed; it never ends the process.
+        watchers.append(SignalWatcher(base: base, signal: SIGHUP) { [logger, configPath] _ in
+            guard let configPath else {
+                logger.warning("SIGHUP received, but this process has no configuration file to re-read; nothing changed")
+                return
+            }
+            switch phase {
+            case .starting:
+                logger.info("SIGHUP received while starting: reloading once serving")
+                reloadPending = true
+            case .serving:
+                logger.info("SIGHUP received: reloading the configuration", metadata: ["config": "\(configPath)"])
+                live?.reload(path: configPath)
+            case .draining, .stopping:
+                logger.warning("SIGHUP received while stopping: not reloading")
+            }
         })
 
-        let sockets = try bindListeners(workers: workers)
-        let pidFile: PidFile?
-        do throws(SystemError) {
-            pidFile = try config.pidFile.map { path throws(SystemError) in try PidFile.write(path) }
-        } catch {
-            for fds in sockets { for fd in fds { Socket.close(fd) } }
-            throw error
-        }
-        defer { pidFile?.remove() }
         // Every wakeup pipe stays open until every thread that could write to it has been joined.
         let enginePipe = try WakeupPipe()
         var pipes: [WakeupPipe] = []
         for _ in 0..<workers { pipes.append(try WakeupPipe()) }
         senders = pipes.map(\.sender)
-        let pools = config.pools.map { PoolShared(pool: $0, workers: workers) }
+        let mailboxes = senders.map { sender in Mailbox<WorkerMessage> { sender.send(WorkerCommand.mail.rawValue) } }
+        let engineSender = enginePipe.sender
+        let reports = Mailbox<EngineReport> { engineSender.send(Engine.reportPosted) }
+        let state = LiveState(config: config, workers: workers, mailboxes: mailboxes, logger: logger)
+        live = state
+        try state.bindListeners()
+        let pidFile: PidFile?
+        do throws(SystemError) {
+            pidFile = try config.pidFile.map { path throws(SystemError) in try PidFile.write(path) }
+        } catch {
+            state.closeListeners()
+            throw error
+        }
+        defer { pidFile?.remove() }
         let seed = UInt64(truncatingIfNeeded: base.monotonicMicroseconds) ^ UInt64(getpid())
-        let health = HealthChecker(base: base, config: config, shared: pools.map(\.health), workers: senders,
-                                   seed: seed, logger: logger)
+        let health = HealthChecker(base: base, seed: seed, logger: logger) { [unowned state] pool, slot, verdict, passed, reason in
+            state.checked(pool: pool, slot: slot, state: verdict, passed: passed, reason: reason)
+        }
         checker = health
+        state.health = health
+        state.start()
 
         // The first round of active checks runs before any worker starts, so that the first clients find
         // the backends that passed already up (each probe is bounded by its check's timeout). Clients that
@@ -132,9 +158,11 @@ public final class Engine {
             longest.schedule(after: Engine.firstChecksWaitMicroseconds)
             if !firstRoundDone { base.run() }
             longest.cancel()
+        } else {
+            health.start()
         }
         if phase != .starting {
-            for fds in sockets { for fd in fds { Socket.close(fd) } }
+            state.closeListeners()
             withExtendedLifetime(watchers) {}
             logger.info("stopped before serving")
             return 0
@@ -142,15 +170,19 @@ public final class Engine {
         phase = .serving
 
         var finished = 0
-        var done: WakeupReceiver? = WakeupReceiver(base: base, pipe: enginePipe) { _ in
+        var done: WakeupReceiver? = WakeupReceiver(base: base, pipe: enginePipe) { byte in
+            if byte == Engine.reportPosted {
+                reports.drain { state.handle($0) }
+                return
+            }
             finished += 1
             if finished == workers { base.exit() }
         }
         var threads: [LoopThread] = []
         for id in 0..<workers {
-            let plan = WorkerPlan(id: id, config: config, listenerFDs: sockets.map { $0[id] }, wakeup: pipes[id],
-                                  allWorkers: senders, engineSender: enginePipe.sender, pools: pools, seed: seed,
-                                  logger: logger)
+            let plan = WorkerPlan(id: id, bufferSize: config.bufferSize, drainTimeout: config.drainTimeout,
+                                  wakeup: pipes[id], allWorkers: senders, engineSender: enginePipe.sender,
+                                  mailbox: mailboxes[id], reports: reports, seed: seed, logger: logger)
             threads.append(LoopThread.spawn(name: "fulcrum-w\(id)", blockedSignals: Engine.workerBlockedSignals) {
                 let worker = Worker(plan: plan)
                 worker.run()
@@ -161,6 +193,10 @@ public final class Engine {
         ]
         if health.hasTargets { ready["first_checks"] = "\(health.summary)" }
         logger.info("fulcrum ready", metadata: ready)
+        if reloadPending, let configPath {
+            reloadPending = false
+            state.reload(path: configPath)
+        }
         base.run()
         health.stop()
 
@@ -181,40 +217,5 @@ public final class Engine {
         }
         logger.info("stopped: all connections drained")
         return 0
-    }
-
-    /// One listening socket per listener per worker, all sharing the listener's address through
-    /// SO_REUSEPORT. The first one claims the address (the bind fails if any other process holds it);
-    /// port 0 is resolved by that first bind and reused for the rest.
-    private func bindListeners(workers: Int) throws(SystemError) -> [[Int32]] {
-        var all: [[Int32]] = []
-        do throws(SystemError) {
-            for listener in config.listeners {
-                var endpoint = Endpoint(listener.address)
-                var fds: [Int32] = []
-                for index in 0..<workers {
-                    let fd: Int32
-                    do throws(SystemError) {
-                        fd = try Socket.listen(endpoint, reusePort: true, claim: index == 0,
-                                               backlog: Int32(listener.backlog))
-                    } catch {
-                        for fd in fds { Socket.close(fd) }
-                        throw error
-                    }
-                    fds.append(fd)
-                    if endpoint.port == 0 { endpoint = try Socket.localEndpoint(fd) }
-                }
-                all.append(fds)
-                let pool = config.pool(named: listener.pool)!
-                logger.info("listening on \(endpoint)", metadata: [
-                    "listener": "\(listener.name)", "pool": "\(pool.name)", "backends": "\(pool.backends.count)",
-                    "balance": "\(pool.balance.name)",
-                ])
-            }
-        } catch {
-            for fds in all { for fd in fds { Socket.close(fd) } }
-            throw error
-        }
-        return all
     }
 }

@@ -3,85 +3,141 @@ import FulcrumCore
 import Logging
 
 /// Runs the active health checks of every pool that configures them, on the engine's own event loop (never
-/// on a worker). Results go to the pools' `SharedHealth`, and workers are told to read them.
+/// on a worker). Targets follow the pools' live state (`update`): every listed backend of a pool with
+/// checks is probed; a removed backend or a retired pool is not, and keeps its last state in case it comes
+/// back. Each verdict that changes a backend's state, and each pass, goes to `report`.
 final class HealthChecker {
+    /// A verdict for the engine: pool, slot, the backend's state, whether the probe passed, and why it
+    /// failed.
+    typealias Report = (_ pool: Int, _ slot: Int, _ state: ActiveHealth.State, _ passed: Bool, _ reason: String?) -> Void
+
     private let base: EventBase
     private var logger: Logger
-    private let workers: [WakeupSender]
-    private var targets: [Target] = []
+    private let report: Report
+    private let seed: UInt64
+    /// By pool index, then slot.
+    private var targets: [[Target?]] = []
+    private var started = false
     /// Targets still waiting for their first verdict, and what to call once none is.
     private var awaitingFirstVerdict = 0
     private var firstRoundDone: (() -> Void)?
 
     final class Target {
-        let pool: FulcrumConfig.Pool
-        let backend: Int
+        let pool: Int
+        let slot: Int
+        let address: SocketAddress
         let endpoint: Endpoint
-        let health: FulcrumConfig.Health
-        let shared: SharedHealth
+        var poolName: String
+        var health: FulcrumConfig.Health
         var state: ActiveHealth
         var schedule: ProbeSchedule
         var timer: Timer?
+        /// Probed now (listed, in a pool with checks).
+        var probing = false
         var judged = false
 
-        init(pool: FulcrumConfig.Pool, backend: Int, health: FulcrumConfig.Health, shared: SharedHealth, seed: UInt64) {
+        init(pool: Int, slot: Int, poolName: String, address: SocketAddress, health: FulcrumConfig.Health, seed: UInt64) {
             self.pool = pool
-            self.backend = backend
+            self.slot = slot
+            self.poolName = poolName
+            self.address = address
             self.health = health
-            self.shared = shared
-            endpoint = Endpoint(pool.backends[backend].address)
+            endpoint = Endpoint(address)
             state = ActiveHealth(rise: health.rise, fall: health.fall)
+            schedule = ProbeSchedule(interval: health.interval, downInterval: health.downInterval, jitter: health.jitter,
+                                     random: FastRandom(seed: seed))
+        }
+
+        /// New check settings: the state so far carries on.
+        func replace(_ health: FulcrumConfig.Health, seed: UInt64) {
+            self.health = health
+            state = ActiveHealth(rise: health.rise, fall: health.fall, initial: state.state)
             schedule = ProbeSchedule(interval: health.interval, downInterval: health.downInterval, jitter: health.jitter,
                                      random: FastRandom(seed: seed))
         }
     }
 
-    init(base: EventBase, config: FulcrumConfig, shared: [SharedHealth?], workers: [WakeupSender], seed: UInt64,
-         logger: Logger) {
+    init(base: EventBase, seed: UInt64, logger: Logger, report: @escaping Report) {
         self.base = base
         self.logger = logger
-        self.workers = workers
-        for (p, pool) in config.pools.enumerated() {
-            guard let health = pool.resilience.health, let sharedHealth = shared[p] else { continue }
-            for b in pool.backends.indices {
-                targets.append(Target(pool: pool, backend: b, health: health, shared: sharedHealth,
-                                      seed: StableHash.mix(seed &+ UInt64(p << 20 | b))))
-            }
-        }
+        self.seed = seed
+        self.report = report
     }
 
-    var hasTargets: Bool { !targets.isEmpty }
+    var hasTargets: Bool { targets.contains { $0.contains { $0?.probing == true } } }
+
+    private var probing: [Target] { targets.flatMap { $0.compactMap { $0 } }.filter(\.probing) }
 
     /// How many checked backends are up and down, for the startup log.
     var summary: String {
-        let up = targets.filter { $0.state.state == .up }.count
-        let down = targets.filter { $0.state.state == .down }.count
-        let unknown = targets.count - up - down
+        let all = probing
+        let up = all.filter { $0.state.state == .up }.count
+        let down = all.filter { $0.state.state == .down }.count
+        let unknown = all.count - up - down
         return "\(up) up, \(down) down" + (unknown > 0 ? ", \(unknown) not checked yet" : "")
     }
 
-    /// Probes every backend now, then on its schedule. `firstRoundDone` is called once every backend has
+    /// Brings the pool's targets in line with its live state. A target that starts probing after `start`
+    /// is probed at once.
+    func update(_ pool: LivePool) {
+        while targets.count <= pool.index { targets.append([]) }
+        let health = pool.retired ? nil : pool.settings.resilience.health
+        for backend in pool.backends {
+            let slot = backend.slot
+            while targets[pool.index].count <= slot { targets[pool.index].append(nil) }
+            let existing = targets[pool.index][slot]
+            guard let health, backend.listed else {
+                if let existing, existing.probing { stopProbing(existing) }
+                continue
+            }
+            let targetSeed = StableHash.mix(seed &+ UInt64(pool.index << 20 | slot))
+            let target: Target
+            if let existing {
+                target = existing
+                target.poolName = pool.name
+                if target.health != health { target.replace(health, seed: targetSeed) }
+            } else {
+                target = Target(pool: pool.index, slot: slot, poolName: pool.name, address: backend.id.address,
+                                health: health, seed: targetSeed)
+                targets[pool.index][slot] = target
+                // Only the targets known at start hold the first round back.
+                target.judged = started
+            }
+            guard !target.probing else { continue }
+            target.probing = true
+            if started { startProbing(target) }
+        }
+    }
+
+    /// Probes every target now, then on its schedule. `firstRoundDone` is called once every target has
     /// its first verdict; each probe is bounded by its check's timeout, so that takes at most the longest
     /// timeout.
     func start(firstRoundDone: @escaping () -> Void = {}) {
-        awaitingFirstVerdict = targets.count
+        started = true
+        let all = probing
+        awaitingFirstVerdict = all.filter { !$0.judged }.count
         self.firstRoundDone = firstRoundDone
-        for target in targets {
-            target.timer = Timer(base: base) { [unowned self, unowned target] in self.probe(target) }
-            probe(target)
-        }
+        for target in all { startProbing(target) }
     }
 
     func stop() {
         firstRoundDone = nil
-        for target in targets {
-            target.timer?.cancel()
-            target.timer = nil
-        }
+        for target in probing { stopProbing(target) }
+    }
+
+    private func startProbing(_ target: Target) {
+        target.timer = Timer(base: base) { [unowned self, unowned target] in self.probe(target) }
+        probe(target)
+    }
+
+    private func stopProbing(_ target: Target) {
+        target.probing = false
+        target.timer?.cancel()
+        target.timer = nil
     }
 
     private func probe(_ target: Target) {
-        let (send, expectsReply, judge) = Self.plan(target.health.check, host: "\(target.pool.backends[target.backend].address)")
+        let (send, expectsReply, judge) = Self.plan(target.health.check, host: "\(target.address)")
         Probe.start(base: base, endpoint: target.endpoint, timeoutMicroseconds: target.health.timeout.inMicroseconds,
                     send: send, expectsReply: expectsReply, judge: judge) { [weak self, weak target] verdict in
             guard let self, let target, target.timer != nil else { return }
@@ -93,7 +149,7 @@ final class HealthChecker {
         if case .inconclusive(let why) = verdict {
             // The proxy's own resources ran out: the backend's state stays as it was.
             logger.warning("active check could not run: out of a local resource; the backend's state is unchanged", metadata: [
-                "pool": "\(target.pool.name)", "backend": "\(target.pool.backends[target.backend].address)", "reason": "\(why)",
+                "pool": "\(target.poolName)", "backend": "\(target.address)", "reason": "\(why)",
             ])
             target.timer?.schedule(after: target.schedule.nextDelay(for: target.state.state))
             return
@@ -102,12 +158,9 @@ final class HealthChecker {
         var reason: String?
         if case .fail(let why) = verdict { reason = why }
         let change = target.state.record(success: success, error: reason)
-        if success { target.shared.recordSuccess(target.backend) }
         if let change {
-            target.shared.setState(target.backend, change)
             let metadata: Logger.Metadata = [
-                "pool": "\(target.pool.name)", "backend": "\(target.pool.backends[target.backend].address)",
-                "check": "\(Self.name(target.health.check))",
+                "pool": "\(target.poolName)", "backend": "\(target.address)", "check": "\(Self.name(target.health.check))",
             ]
             if change == .up {
                 logger.notice("backend up: active check passed", metadata: metadata)
@@ -116,7 +169,7 @@ final class HealthChecker {
             }
         }
         if change != nil || success {
-            for worker in workers { worker.send(WorkerCommand.health.rawValue) }
+            report(target.pool, target.slot, target.state.state, success, reason)
         }
         target.timer?.schedule(after: target.schedule.nextDelay(for: target.state.state))
         if !target.judged {

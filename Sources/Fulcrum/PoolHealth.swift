@@ -3,11 +3,13 @@ import FulcrumCore
 import Logging
 
 /// One worker's health view of one pool: a circuit breaker per backend fed by this worker's connections,
-/// the active-check results shared by the health checker, and the operator states from the config. It
-/// derives eligibility through `Eligibility` and hands it to the pool's balancer.
+/// the active-check results the main loop sends, and the operator states in effect. It derives eligibility
+/// through `Eligibility` and hands it to the pool's balancer.
 ///
-/// Connections are reported by backend index only: a connection that `picked` says took a half-open trial
-/// must later report exactly once, with `record(…, trial: true, …)` or `noVerdict(…, trial: true, …)`.
+/// Backends are known by their slot (see `LivePool`); a slot no longer listed is never eligible but keeps
+/// its breaker and check state, in case it is listed again. A connection that `picked` says took a
+/// half-open trial must later report exactly once, with `record(…, trial: true, …)` or
+/// `noVerdict(…, trial: true, …)`.
 final class PoolHealth {
     /// A change of a backend's eligibility, for the balancer.
     struct Change {
@@ -17,41 +19,85 @@ final class PoolHealth {
         var rampUp: Bool
     }
 
-    let pool: FulcrumConfig.Pool
-    private let shared: SharedHealth?
-    private(set) var breakers: [CircuitBreaker]
-    private var active: [ActiveHealth.State]
-    private var seenSuccesses: [Int]
-    private var eligible: [Bool]
-    /// Backends whose active checks have given no verdict yet: their first turn eligible belongs to
-    /// startup, not to a recovery, so it does not slow-start.
-    private var startingUp: [Bool]
+    private(set) var settings: FulcrumConfig.Pool
+    private(set) var addresses: [SocketAddress] = []
+    private var operatorStates: [OperatorState] = []
+    private var listed: [Bool] = []
+    private(set) var breakers: [CircuitBreaker] = []
+    private var active: [ActiveHealth.State] = []
+    private var eligible: [Bool] = []
+    /// Backends whose active checks have given no verdict yet since the pool started: their first turn
+    /// eligible belongs to startup, not to a recovery, so it does not slow-start.
+    private var startingUp: [Bool] = []
     private(set) var panic = false
     var retryBudget: RetryBudget
     var onRecompute: ((Change) -> Void)?
     /// A breaker opened until the given time: the worker arms its timer for it.
     var onBreakerOpened: ((Microseconds) -> Void)?
+    /// A backend's breaker changed state: the worker reports it to the main loop.
+    var onBreakerChanged: ((Int, BreakerReport) -> Void)?
+    private let seed: UInt64
     private var logger: Logger
 
-    init(pool: FulcrumConfig.Pool, shared: SharedHealth?, seed: UInt64, logger: Logger) {
-        self.pool = pool
-        self.shared = shared
+    init(settings: FulcrumConfig.Pool, seed: UInt64, logger: Logger) {
+        self.settings = settings
+        self.seed = seed
         self.logger = logger
-        self.logger[metadataKey: "pool"] = "\(pool.name)"
-        let resilience = pool.resilience
-        breakers = pool.backends.indices.map { i in
-            CircuitBreaker(settings: resilience.breaker.settings, random: FastRandom(seed: seed &+ UInt64(i)))
-        }
-        active = pool.backends.indices.map { shared?.state($0) ?? .unknown }
-        seenSuccesses = Array(repeating: 0, count: pool.backends.count)
-        eligible = Array(repeating: true, count: pool.backends.count)
-        startingUp = active.map { $0 == .unknown && resilience.health != nil }
-        retryBudget = RetryBudget(ratio: resilience.retryBudgetRatio, minPerSecond: resilience.retryBudgetMinPerSecond)
+        self.logger[metadataKey: "pool"] = "\(settings.name)"
+        retryBudget = RetryBudget(ratio: settings.resilience.retryBudgetRatio,
+                                  minPerSecond: settings.resilience.retryBudgetMinPerSecond)
     }
 
-    var hasActiveChecks: Bool { pool.resilience.health != nil }
+    var hasActiveChecks: Bool { settings.resilience.health != nil }
 
-    private var breakersEnabled: Bool { pool.resilience.breaker.enabled }
+    private var breakersEnabled: Bool { settings.resilience.breaker.enabled }
+
+    var count: Int { addresses.count }
+
+    // MARK: - Changes from the main loop
+
+    /// A new slot. `startingUp`: it belongs to the pool's start (no slow start for its first turn).
+    func addBackend(_ address: SocketAddress, state: OperatorState, startingUp: Bool) {
+        let slot = addresses.count
+        addresses.append(address)
+        operatorStates.append(state)
+        listed.append(true)
+        breakers.append(CircuitBreaker(settings: settings.resilience.breaker.settings,
+                                       random: FastRandom(seed: seed &+ UInt64(slot))))
+        active.append(.unknown)
+        // Not eligible until `recompute` says so: the balancer learns it from the change.
+        eligible.append(true)
+        self.startingUp.append(startingUp && hasActiveChecks)
+    }
+
+    /// A slot's operator state or listing changed; `recompute` applies it.
+    func update(_ slot: Int, state: OperatorState, listed isListed: Bool) -> Bool {
+        guard operatorStates[slot] != state || listed[slot] != isListed else { return false }
+        operatorStates[slot] = state
+        listed[slot] = isListed
+        return true
+    }
+
+    /// New settings for new connections: breaker thresholds, ejection cap, panic threshold, checks on or
+    /// off, retry budget. Breaker states and ejection history carry on.
+    func replaceSettings(_ new: FulcrumConfig.Pool) {
+        let old = settings.resilience
+        settings = new
+        let resilience = new.resilience
+        if resilience.breaker.settings != old.breaker.settings {
+            for i in breakers.indices { breakers[i].replaceSettings(resilience.breaker.settings) }
+        }
+        if resilience.retryBudgetRatio != old.retryBudgetRatio || resilience.retryBudgetMinPerSecond != old.retryBudgetMinPerSecond {
+            retryBudget = RetryBudget(ratio: resilience.retryBudgetRatio, minPerSecond: resilience.retryBudgetMinPerSecond)
+        }
+        if (resilience.health == nil) != (old.health == nil) {
+            // Checks turned on for a pool that serves: its backends stay in rotation until their first
+            // check says otherwise. Turned off: their verdicts no longer count.
+            for i in active.indices { active[i] = resilience.health == nil ? .unknown : .up }
+        }
+    }
+
+    // MARK: - Eligibility
 
     /// Moves breakers whose ejection is over to half-open, then derives eligibility from the three signals
     /// and reports every change through `onRecompute`.
@@ -59,33 +105,38 @@ final class PoolHealth {
         if breakersEnabled {
             for i in breakers.indices where breakers[i].advance(now: now) {
                 logger.info("breaker half-open: ejection time over, letting trial connections through", metadata: [
-                    "backend": "\(pool.backends[i].address)", "trials": "\(breakers[i].settings.halfOpenTrials)",
+                    "backend": "\(addresses[i])", "trials": "\(breakers[i].settings.halfOpenTrials)",
                 ])
+                onBreakerChanged?(i, BreakerReport(state: .halfOpen, since: now, reason: "ejection time over"))
             }
         }
-        let assumeHealthy = pool.resilience.health?.assumeHealthy ?? false
-        let signals = pool.backends.indices.map { i in
+        let resilience = settings.resilience
+        let assumeHealthy = resilience.health?.assumeHealthy ?? false
+        let slots = addresses.indices.filter { listed[$0] }
+        let signals = slots.map { i in
             HealthSignals(active: active[i] == .unknown && assumeHealthy ? .up : active[i],
                           breakerAdmits: !breakersEnabled || breakers[i].wouldAdmit(now: now),
-                          operatorState: pool.backends[i].state, activeChecks: hasActiveChecks)
+                          operatorState: operatorStates[i], activeChecks: hasActiveChecks)
         }
-        let result = Eligibility.compute(signals, maxEjectionPercent: pool.resilience.breaker.maxEjectionPercent,
-                                         panicThreshold: pool.resilience.panicThreshold)
+        let result = Eligibility.compute(signals, maxEjectionPercent: resilience.breaker.maxEjectionPercent,
+                                         panicThreshold: resilience.panicThreshold)
         if result.panic != panic {
             panic = result.panic
             if panic {
-                logger.critical("PANIC: fewer than \(Int(pool.resilience.panicThreshold))% of backends are healthy, balancing across all enabled backends")
+                logger.critical("PANIC: fewer than \(Int(resilience.panicThreshold))% of backends are healthy, balancing across all enabled backends")
             } else {
                 logger.notice("panic over: enough backends are healthy again")
             }
         }
-        for i in result.ejectionCapped where eligible[i] == false || breakers[i].isOpen {
+        for position in result.ejectionCapped where eligible[slots[position]] == false || breakers[slots[position]].isOpen {
             logger.warning("breaker open but kept in rotation: max_ejection_percent reached", metadata: [
-                "backend": "\(pool.backends[i].address)", "max_ejection_percent": "\(pool.resilience.breaker.maxEjectionPercent)",
+                "backend": "\(addresses[slots[position]])", "max_ejection_percent": "\(resilience.breaker.maxEjectionPercent)",
             ])
         }
-        for i in pool.backends.indices where result.eligible[i] != eligible[i] {
-            eligible[i] = result.eligible[i]
+        var updated = Array(repeating: false, count: addresses.count)
+        for (position, slot) in slots.enumerated() { updated[slot] = result.eligible[position] }
+        for i in addresses.indices where updated[i] != eligible[i] {
+            eligible[i] = updated[i]
             let rampUp = !startingUp[i]
             if eligible[i] { startingUp[i] = false }
             onRecompute?(Change(backend: i, eligible: eligible[i], rampUp: rampUp))
@@ -101,6 +152,8 @@ final class PoolHealth {
         }
         return next
     }
+
+    // MARK: - Connections
 
     /// A connection to `backend` was just reserved. Returns true when it took one of a half-open breaker's
     /// trials; the connection must then report once with `trial: true` (`record` or `noVerdict`).
@@ -121,7 +174,7 @@ final class PoolHealth {
         let admitted = breakers[backend].wouldAdmit(now: now)
         let changed = breakers[backend].record(outcome, trial: trial, now: now)
         if changed {
-            let address = "\(pool.backends[backend].address)"
+            let address = "\(addresses[backend])"
             switch breakers[backend].state {
             case .open(let until):
                 logger.warning("breaker opened: backend ejected", metadata: [
@@ -129,9 +182,11 @@ final class PoolHealth {
                     "ejected_for": "\(Duration.microseconds(until - now).configText)",
                     "ejections": "\(breakers[backend].ejections)", "from": "\(before)",
                 ])
+                onBreakerChanged?(backend, BreakerReport(state: .open, since: now, reason: outcome.rawValue))
                 onBreakerOpened?(until)
             case .closed:
                 logger.notice("breaker closed: backend back in rotation", metadata: ["backend": "\(address)"])
+                onBreakerChanged?(backend, BreakerReport(state: .closed, since: now, reason: "half-open trial succeeded"))
             case .halfOpen:
                 break
             }
@@ -149,28 +204,25 @@ final class PoolHealth {
         if !admitted && breakers[backend].wouldAdmit(now: now) { recompute(now: now) }
     }
 
-    /// Reads the health checker's latest results. Returns the backends that just went down.
-    func refreshActive(now: Microseconds) -> [Int] {
-        guard let shared else { return [] }
-        var wentDown: [Int] = []
+    // MARK: - Active checks
+
+    /// The health checker's verdict on a backend: its state, and whether this probe passed (a pass lets
+    /// an open breaker try at once). Returns true when the backend just went down.
+    func checked(_ slot: Int, state: ActiveHealth.State, passed: Bool, now: Microseconds) -> Bool {
+        guard slot < count else { return false }
         var changed = false
-        for i in pool.backends.indices {
-            let state = shared.state(i)
-            if state != active[i] {
-                if state == .down { wentDown.append(i) }
-                // A backend seen down before it was ever up is recovering when it comes up: it ramps.
-                if state == .down || active[i] != .unknown { startingUp[i] = false }
-                active[i] = state
-                changed = true
-            }
-            let successes = shared.successCount(i)
-            if successes != seenSuccesses[i] {
-                seenSuccesses[i] = successes
-                if breakers[i].isOpen {
-                    breakers[i].probeSucceeded()
-                    changed = true
-                }
-            }
+        var wentDown = false
+        if state != active[slot] {
+            wentDown = state == .down
+            // A backend seen down before it was ever up is recovering when it comes up: it ramps.
+            if state == .down || active[slot] != .unknown { startingUp[slot] = false }
+            active[slot] = state
+            changed = true
+        }
+        if passed && breakers[slot].isOpen {
+            breakers[slot].probeSucceeded()
+            onBreakerChanged?(slot, BreakerReport(state: .halfOpen, since: now, reason: "active check passed"))
+            changed = true
         }
         if changed { recompute(now: now) }
         return wentDown

@@ -328,7 +328,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
 
     // MARK: - Mapping
 
-    private func address(_ backend: Int) -> String { "\(pool.config.backends[backend].address)" }
+    private func address(_ backend: Int) -> String { pool.address(backend) }
 
     static func failure(_ error: ConnectError) -> Lifecycle.ConnectFailure {
         switch error {

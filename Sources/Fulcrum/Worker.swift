@@ -10,8 +10,8 @@ enum WorkerCommand: UInt8 {
     case stop = 0x73 // "s"
     /// A backend slot was freed in another worker: serve the pools' queues.
     case serveQueues = 0x71 // "q"
-    /// The health checker has new results: read them.
-    case health = 0x68 // "h"
+    /// The worker's mailbox has messages: apply them.
+    case mail = 0x6D // "m"
 }
 
 /// Counters of one worker, written only by its thread and summed by the engine when the worker ends.
@@ -25,21 +25,36 @@ struct WorkerStats {
     var hedges = 0
 }
 
-/// What a worker thread needs from the engine: plain values, descriptors and shared pool counters.
+/// What a worker thread needs from the engine: plain values, its wakeup, and the mailboxes both ways.
+/// Pools and listening sockets arrive as messages, the first ones before the worker's loop starts.
 struct WorkerPlan: Sendable {
     var id: Int
-    var config: FulcrumConfig
-    /// This worker's own listening socket for each listener, in config order.
-    var listenerFDs: [Int32]
+    var bufferSize: Int
+    var drainTimeout: Duration
     /// This worker's commands; the engine owns the pipe and closes it after every worker has ended.
     var wakeup: WakeupPipe
     /// Every worker's wakeup, to tell the others that a backend slot was freed.
     var allWorkers: [WakeupSender]
     /// Told `Engine.workerStopped` when the worker's loop has ended.
     var engineSender: WakeupSender
-    var pools: [PoolShared]
+    /// Messages from the main loop to this worker.
+    var mailbox: Mailbox<WorkerMessage>
+    /// Reports from this worker to the main loop.
+    var reports: Mailbox<EngineReport>
     var seed: UInt64
     var logger: Logger
+}
+
+/// A listening socket a worker accepts on, and where its clients go.
+final class AcceptingSocket {
+    var listener: Listener?
+    var name: String
+    var pool: PoolRuntime
+
+    init(name: String, pool: PoolRuntime) {
+        self.name = name
+        self.pool = pool
+    }
 }
 
 /// One event loop thread: accepts on its own SO_REUSEPORT sockets and relays every connection it accepts
@@ -51,13 +66,16 @@ final class Worker {
     var stats = WorkerStats()
     private let plan: WorkerPlan
     private let relays = RelayGroup()
-    private var pools: [PoolRuntime] = []
-    private var listeners: [Listener] = []
+    /// Pools by their process-wide index.
+    private(set) var pools: [PoolRuntime] = []
+    /// Listening sockets by descriptor.
+    private var sockets: [Int32: AcceptingSocket] = [:]
     private var wakeup: WakeupReceiver?
     private var drainTimer: Timer?
     private var slowStartTimer: Timer?
     private var breakerTimer: Timer?
     private var draining = false
+    private var drainTimeout: Duration
     private var spareConnectors: [Connector] = []
     /// Accept pauses while backend sockets cannot be opened (reset by the next backend connection).
     private var localBackoff = Backoff()
@@ -67,61 +85,41 @@ final class Worker {
     init(plan: WorkerPlan) {
         self.plan = plan
         id = plan.id
+        drainTimeout = plan.drainTimeout
         logger = plan.logger
         logger[metadataKey: "worker"] = "\(plan.id)"
-        let config = plan.config
-        let now = base.monotonicMicroseconds
-        pools = config.pools.enumerated().map { index, pool in
-            PoolRuntime(index: index, config: pool, bufferSize: config.bufferSize, shared: plan.pools[index],
-                        seed: plan.seed &+ UInt64(index) &* 0x1000_0001 &+ UInt64(plan.id), now: now, logger: logger)
-        }
-        for (index, listener) in config.listeners.enumerated() {
-            let pool = pools.first { $0.config.name == listener.pool }!
-            listeners.append(Listener(base: base, fd: plan.listenerFDs[index], onAccept: { [unowned self] fd, peer in
-                self.accept(fd, peer: peer, pool: pool)
-            }, onError: { [unowned self] pause in
-                self.logger.error("accept failed, pausing accepts", metadata: [
-                    "listener": "\(listener.name)", "error": "\(pause.error)",
-                    "pause": "\(Duration.microseconds(pause.microseconds).configText)",
-                    "failures_in_a_row": "\(pause.failuresInARow)",
-                ])
-            }))
-        }
         wakeup = WakeupReceiver(base: base, pipe: plan.wakeup) { [unowned self] byte in
             switch WorkerCommand(rawValue: byte) {
             case .drain: self.drain()
             case .stop: self.base.exit()
             case .serveQueues:
                 for pool in self.pools where pool.order.takeServeRequest(worker: self.id) { self.serveOldest(pool) }
-            case .health: self.refreshHealth()
+            case .mail: self.readMail()
             case nil: break
             }
         }
         slowStartTimer = Timer(base: base) { [unowned self] in self.advanceSlowStart() }
         breakerTimer = Timer(base: base) { [unowned self] in self.breakerDeadlinePassed() }
-        for pool in pools {
-            pool.health.onRecompute = { [unowned self, unowned pool] change in
-                self.eligibilityChanged(pool, change)
-            }
-            pool.health.onBreakerOpened = { [unowned self] _ in self.armBreakerTimer() }
-            pool.health.recompute(now: now)
-        }
     }
 
     /// Runs the loop until the worker has drained or is stopped; then closes what is still open and frees
     /// every handle before the base.
     func run() {
+        // The pools and sockets to start with are waiting in the mailbox.
+        readMail()
         base.run()
         closeAll()
         for pool in pools { pool.queueTimer = nil }
         spareConnectors.removeAll()
-        listeners.removeAll()
+        for socket in sockets.values { socket.listener?.close() }
+        sockets.removeAll()
         drainTimer = nil
         slowStartTimer = nil
         breakerTimer = nil
         for pool in pools {
             pool.health.onRecompute = nil
             pool.health.onBreakerOpened = nil
+            pool.health.onBreakerChanged = nil
         }
         wakeup = nil
         logger.info("worker stopped", metadata: [
@@ -130,6 +128,77 @@ final class Worker {
             "bytes_in": "\(stats.bytesFromClients)", "bytes_out": "\(stats.bytesToClients)",
         ])
         plan.engineSender.send(Engine.workerStopped)
+    }
+
+    // MARK: - Messages
+
+    /// Applies every message the main loop has posted, in order.
+    private func readMail() {
+        plan.mailbox.drain { message in
+            switch message {
+            case .pool(let snapshot, let shared): self.apply(snapshot, shared)
+            case .listeners(let assignments): self.assign(assignments)
+            case .checked(let pool, let slot, let state, let passed): self.checked(pool, slot, state, passed)
+            case .drainTimeout(let timeout): self.drainTimeout = timeout
+            case .barrier(let generation): self.plan.reports.post(.applied(worker: self.id, generation: generation))
+            }
+        }
+    }
+
+    private func apply(_ snapshot: PoolSnapshot, _ shared: PoolShared) {
+        let now = self.now
+        if snapshot.index < pools.count {
+            let pool = pools[snapshot.index]
+            pool.apply(snapshot, now: now)
+            if pool.balancer.ramping { slowStartBegan() }
+            armBreakerTimer()
+            if pool.order.waiting > 0 { serveOldest(pool) }
+            return
+        }
+        precondition(snapshot.index == pools.count, "pools arrive in index order")
+        let pool = PoolRuntime(snapshot: snapshot, bufferSize: plan.bufferSize, shared: shared,
+                               seed: plan.seed &+ UInt64(snapshot.index) &* 0x1000_0001 &+ UInt64(plan.id), now: now,
+                               logger: logger)
+        pools.append(pool)
+        pool.health.onRecompute = { [unowned self, unowned pool] change in self.eligibilityChanged(pool, change) }
+        pool.health.onBreakerOpened = { [unowned self] _ in self.armBreakerTimer() }
+        pool.health.onBreakerChanged = { [unowned self, unowned pool] slot, report in
+            self.plan.reports.post(.breaker(worker: self.id, pool: pool.index, slot: slot, report))
+        }
+        pool.health.recompute(now: now)
+    }
+
+    /// Accepts on exactly the assigned sockets from now on: new ones start, dropped ones close, kept ones
+    /// take their (possibly new) listener name and pool. While draining, nothing new is accepted.
+    private func assign(_ assignments: [ListenerAssignment]) {
+        let assigned = Set(assignments.map(\.fd))
+        for (fd, socket) in sockets where !assigned.contains(fd) {
+            socket.listener?.close()
+            sockets[fd] = nil
+        }
+        for assignment in assignments {
+            let pool = pools[assignment.pool]
+            if let socket = sockets[assignment.fd] {
+                socket.name = assignment.listener
+                socket.pool = pool
+                continue
+            }
+            if draining {
+                Socket.close(assignment.fd)
+                continue
+            }
+            let socket = AcceptingSocket(name: assignment.listener, pool: pool)
+            socket.listener = Listener(base: base, fd: assignment.fd, onAccept: { [unowned self, unowned socket] fd, peer in
+                self.accept(fd, peer: peer, pool: socket.pool)
+            }, onError: { [unowned self, unowned socket] pause in
+                self.logger.error("accept failed, pausing accepts", metadata: [
+                    "listener": "\(socket.name)", "error": "\(pause.error)",
+                    "pause": "\(Duration.microseconds(pause.microseconds).configText)",
+                    "failures_in_a_row": "\(pause.failuresInARow)",
+                ])
+            })
+            sockets[assignment.fd] = socket
+        }
     }
 
     private func accept(_ fd: Int32, peer: Endpoint, pool: PoolRuntime) {
@@ -164,7 +233,7 @@ final class Worker {
             return
         }
         let pause = localBackoff.fail()
-        for listener in listeners { listener.pause(for: pause) }
+        for socket in sockets.values { socket.listener?.pause(for: pause) }
         logger.error("cannot open backend connections: out of a local resource, pausing accepts", metadata: [
             "error": "\(error)", "pause": "\(Duration.microseconds(pause).configText)",
             "failures_in_a_row": "\(localBackoff.failuresInARow)",
@@ -307,26 +376,23 @@ final class Worker {
 
     // MARK: - Health
 
-    /// Reads the health checker's results for every pool; closes connections of backends that went down
-    /// when the pool asks for it.
-    private func refreshHealth() {
-        let now = base.monotonicMicroseconds
-        for pool in pools {
-            let wentDown = pool.health.refreshActive(now: now)
-            guard !wentDown.isEmpty, pool.config.resilience.onBackendDown == .close else { continue }
-            for backend in wentDown {
-                let closed = relays.close(.backendDown) { delegate in
-                    guard let session = delegate as? Session else { return false }
-                    return session.pool === pool && session.upstreamBackend == backend
-                }
-                if closed > 0 {
-                    logger.warning("closed connections of a backend marked down", metadata: [
-                        "pool": "\(pool.config.name)", "backend": "\(pool.config.backends[backend].address)", "closed": "\(closed)",
-                    ])
-                }
-            }
-        }
+    /// An active check's verdict: closes the connections of a backend that went down when the pool asks
+    /// for it.
+    private func checked(_ index: Int, _ slot: Int, _ state: ActiveHealth.State, _ passed: Bool) {
+        guard index < pools.count else { return }
+        let pool = pools[index]
+        let wentDown = pool.health.checked(slot, state: state, passed: passed, now: now)
         armBreakerTimer()
+        guard wentDown, pool.config.resilience.onBackendDown == .close else { return }
+        let closed = relays.close(.backendDown) { delegate in
+            guard let session = delegate as? Session else { return false }
+            return session.pool === pool && session.upstreamBackend == slot
+        }
+        if closed > 0 {
+            logger.warning("closed connections of a backend marked down", metadata: [
+                "pool": "\(pool.config.name)", "backend": "\(pool.address(slot))", "closed": "\(closed)",
+            ])
+        }
     }
 
     /// Eligibility of a backend changed: tell the balancer, start slow start, re-serve the queue.
@@ -388,7 +454,7 @@ final class Worker {
     private func drain() {
         guard !draining else { return }
         draining = true
-        for listener in listeners { listener.close() }
+        for socket in sockets.values { socket.listener?.close() }
         logger.info("listeners closed, draining open connections", metadata: ["open": "\(relays.count)"])
         if relays.count == 0 {
             base.exit()
@@ -399,7 +465,7 @@ final class Worker {
             self.closeAll()
             self.base.exit()
         }
-        timer.schedule(after: plan.config.drainTimeout)
+        timer.schedule(after: drainTimeout)
         drainTimer = timer
     }
 }

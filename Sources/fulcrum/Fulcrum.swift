@@ -74,7 +74,7 @@ extension FulcrumCommand {
             logger.info("starting", metadata: ["version": "\(FulcrumCommand.version)", "config": "\(options.config)"])
             let status: Int32
             do {
-                status = try Engine(config: config, logger: logger).run()
+                status = try Engine(config: config, configPath: options.config, logger: logger).run()
             } catch {
                 logger.critical("not starting: \(error)")
                 throw ExitCode(1)

@@ -19,15 +19,13 @@ private func pool(_ extra: String) throws -> FulcrumConfig.Pool {
 /// A worker's health view of one pool, recording the eligibility changes and breaker deadlines it reports.
 private final class Harness {
     let health: PoolHealth
-    let shared: SharedHealth?
     var changes: [PoolHealth.Change] = []
     var deadlines: [Microseconds] = []
 
     init(_ extra: String) throws {
         let config = try pool(extra)
-        shared = config.resilience.health.map { _ in SharedHealth(count: config.backends.count, initial: .unknown) }
-        health = PoolHealth(pool: config, shared: shared, seed: 1,
-                            logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+        health = PoolHealth(settings: config, seed: 1, logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+        for backend in config.backends { health.addBackend(backend.address, state: backend.state, startingUp: true) }
         health.onRecompute = { [unowned self] in changes.append($0) }
         health.onBreakerOpened = { [unowned self] in deadlines.append($0) }
         health.recompute(now: 0)
@@ -117,23 +115,16 @@ private final class Harness {
         """)
         #expect(h.taken() == ["0 out", "1 out", "2 out"], "unknown: waiting for the first check")
         #expect(!h.health.panic, "not yet checked is not unhealthy")
-        let shared = try #require(h.shared)
-        shared.setState(0, .up)
-        _ = h.health.refreshActive(now: 100_000)
-        shared.setState(1, .up)
-        _ = h.health.refreshActive(now: 150_000)
+        _ = h.health.checked(0, state: .up, passed: true, now: 100_000)
+        _ = h.health.checked(1, state: .up, passed: true, now: 150_000)
         #expect(h.taken() == ["0 in (no ramp)", "1 in (no ramp)"])
         // Seen down before it was ever up: it is recovering, and ramps.
-        shared.setState(2, .down)
-        _ = h.health.refreshActive(now: 200_000)
-        shared.setState(2, .up)
-        _ = h.health.refreshActive(now: 300_000)
+        _ = h.health.checked(2, state: .down, passed: false, now: 200_000)
+        _ = h.health.checked(2, state: .up, passed: true, now: 300_000)
         #expect(h.taken() == ["2 in"])
         // Down and up again later: ramps too.
-        shared.setState(0, .down)
-        _ = h.health.refreshActive(now: 400_000)
-        shared.setState(0, .up)
-        _ = h.health.refreshActive(now: 500_000)
+        _ = h.health.checked(0, state: .down, passed: false, now: 400_000)
+        _ = h.health.checked(0, state: .up, passed: true, now: 500_000)
         #expect(h.taken() == ["0 out", "0 in"])
         #expect(!h.health.panic)
     }

@@ -105,6 +105,8 @@ public final class BackendTable {
     public internal(set) var active: [Int]
     /// Stable identity of each backend, for consistent hashing.
     public internal(set) var identity: [UInt64]
+    /// Each backend's place in the pool's order (the file's, as last loaded): the order `first` fills in.
+    public internal(set) var rank: [Int]
     /// Connections to each backend across every worker of the process (the counters `max_connections`
     /// uses), for strategies that must balance the whole process rather than one worker.
     public let processWide: SharedBackendCounters
@@ -118,6 +120,7 @@ public final class BackendTable {
         effectiveWeight = weights.map { $0 * Self.weightScale }
         active = Array(repeating: 0, count: weights.count)
         identity = identities
+        rank = Array(weights.indices)
         self.processWide = processWide
     }
 

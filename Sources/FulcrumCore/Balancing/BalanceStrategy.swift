@@ -59,7 +59,7 @@ public enum BalanceStrategy: Equatable, Sendable {
         case .peakEWMA(let decay, let latency):
             return PeakEWMAStrategy(table: table, random: random, decay: decay, defaultLatency: latency)
         case .hash(_, let factor): return ConsistentHashStrategy(table: table, balanceFactor: factor)
-        case .first: return FirstStrategy()
+        case .first: return FirstStrategy(table: table)
         }
     }
 }

@@ -34,13 +34,13 @@ public final class PoolBalancer {
 
     public let table: BackendTable
     public let shared: SharedBackendCounters
-    private let makeStrategy: (BackendTable) -> any BalancingStrategy
+    private var makeStrategy: (BackendTable) -> any BalancingStrategy
     private var priority: [Int]
     private var limit: [Int]
     private var eligible: [Bool]
     private var removed: [Bool]
     private var eligibleSince: [Microseconds?]
-    private let slowStart: Microseconds
+    private var slowStart: Microseconds
     private var tiers: [(priority: Int, candidates: [Int], strategy: any BalancingStrategy)] = []
     public private(set) var ramping = false
     /// Whether the pool's strategy reads effective weights, so that slow start has an effect.
@@ -140,6 +140,7 @@ public final class PoolBalancer {
         table.effectiveWeight.append(backend.weight * BackendTable.weightScale)
         table.active.append(0)
         table.identity.append(backend.identity)
+        table.rank.append(index)
         priority.append(backend.priority)
         limit.append(backend.maxConnections ?? Int.max)
         eligible.append(true)
@@ -153,8 +154,71 @@ public final class PoolBalancer {
     /// Removes a backend at runtime. Its index stays reserved so other indices do not move; open
     /// connections to it finish normally.
     public func remove(_ backend: Int) {
+        guard !removed[backend] else { return }
         removed[backend] = true
         rebuild()
+    }
+
+    /// Lists a removed backend again (the same backend: its counts carry on); it slow-starts from `now`.
+    public func restore(_ backend: Int, now: Microseconds) {
+        guard removed[backend] else { return }
+        removed[backend] = false
+        if eligible[backend] && rampsUp { eligibleSince[backend] = now }
+        updateEffectiveWeight(backend, now: now)
+        rebuild()
+    }
+
+    public func isRemoved(_ backend: Int) -> Bool { removed[backend] }
+
+    /// Changes a backend's weight, tier and connection limit at runtime; returns whether anything changed.
+    /// Connections already open stay where they are.
+    @discardableResult
+    public func update(_ backend: Int, _ value: Backend, now: Microseconds) -> Bool {
+        let newLimit = value.maxConnections ?? Int.max
+        guard table.weight[backend] != value.weight || priority[backend] != value.priority || limit[backend] != newLimit
+        else { return false }
+        table.weight[backend] = value.weight
+        priority[backend] = value.priority
+        limit[backend] = newLimit
+        updateEffectiveWeight(backend, now: now)
+        rebuild()
+        return true
+    }
+
+    /// The pool's backend order (positions in `order` become `BackendTable.rank`), which `first` fills in.
+    public func setOrder(_ order: [Int]) {
+        var rank = table.rank
+        for (position, backend) in order.enumerated() where backend < rank.count { rank[backend] = position }
+        guard rank != table.rank else { return }
+        table.rank = rank
+        rebuild()
+    }
+
+    /// Replaces the strategy (a reload changed `balance`): new picks use the new one; the tiers' old
+    /// strategies and their state are dropped.
+    public func replaceStrategy(_ make: @escaping (BackendTable) -> any BalancingStrategy, now: Microseconds) {
+        makeStrategy = make
+        weighted = make(table).usesEffectiveWeights
+        tiers = []
+        endRampsIfOff(now: now)
+        rebuild()
+    }
+
+    /// Changes the slow-start window: ramps under way follow the new window (and end at once when it is
+    /// off); backends that turn eligible later ramp over it.
+    public func setSlowStart(_ window: Duration, now: Microseconds) {
+        slowStart = window.inMicroseconds
+        endRampsIfOff(now: now)
+        for backend in 0..<table.count where eligibleSince[backend] != nil { updateEffectiveWeight(backend, now: now) }
+        rebuild()
+    }
+
+    private func endRampsIfOff(now: Microseconds) {
+        guard !rampsUp else { return }
+        for backend in 0..<table.count where eligibleSince[backend] != nil {
+            eligibleSince[backend] = nil
+            updateEffectiveWeight(backend, now: now)
+        }
     }
 
     /// Advances slow start; returns true if effective weights changed.

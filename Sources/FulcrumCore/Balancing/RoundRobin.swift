@@ -18,13 +18,32 @@ public final class RoundRobinStrategy: BalancingStrategy {
 
     public init(table: BackendTable) { self.table = table }
 
+    /// Candidates that stay keep their running score (or deadline), so that a change elsewhere in the pool
+    /// (a backend added, removed, reweighted, ejected; a reload) does not restart the rotation at the first
+    /// backend: restarting on every change would skew the split towards the backends listed first.
     public func rebuild(candidates: [Int]) {
+        let previous = self.candidates
+        let large = candidates.count > Self.scanLimit
+        var kept: [Int: Double] = [:]
+        if !previous.isEmpty {
+            kept.reserveCapacity(previous.count)
+            let largeBefore = previous.count > Self.scanLimit && deadline.count == previous.count
+            for (position, backend) in previous.enumerated() {
+                kept[backend] = largeBefore ? deadline[position] : Double(score[position])
+            }
+        }
+        let sameForm = (previous.count > Self.scanLimit) == large
         self.candidates = candidates
-        score = Array(repeating: 0, count: candidates.count)
-        if candidates.count > Self.scanLimit {
-            deadline = candidates.map { 0.5 / Double(table.effectiveWeight[$0]) }
+        score = candidates.map { sameForm && !large ? Int(kept[$0] ?? 0) : 0 }
+        if large {
+            let start = sameForm ? kept.values.min() ?? 0 : 0
+            deadline = candidates.map { backend in
+                (sameForm ? kept[backend] : nil) ?? start + 0.5 / Double(table.effectiveWeight[backend])
+            }
             stash.reserveCapacity(candidates.count)
             heap.rebuild(count: candidates.count, less: less)
+        } else {
+            deadline = []
         }
     }
 

@@ -2,8 +2,10 @@
 /// so deadlines come in arrival order and one timer at the head's deadline serves the whole queue. Each
 /// element carries its process-wide arrival ticket (see `SharedQueueOrder`).
 public struct WaitQueue<Element: AnyObject> {
-    public let capacity: Int
-    public let timeout: Microseconds
+    /// Clients that may wait; lowering it turns new clients away and leaves those already waiting.
+    public var capacity: Int
+    /// How long a client may wait; a change applies to clients that queue from then on.
+    public var timeout: Microseconds
     private var items: [(element: Element, deadline: Microseconds, ticket: UInt64)] = []
     private var head = 0
 

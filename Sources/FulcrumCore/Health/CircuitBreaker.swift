@@ -62,7 +62,7 @@ public struct CircuitBreaker: Sendable {
         case firstByteTimeout = "first byte timeout"
     }
 
-    public let settings: Settings
+    public private(set) var settings: Settings
     public private(set) var state: State = .closed
     /// Recent ejections, the exponent of the backoff.
     public private(set) var ejections = 0
@@ -159,6 +159,16 @@ public struct CircuitBreaker: Sendable {
     /// or idle timeout before any answer): gives its trial slot back and changes nothing else.
     public mutating func abandonTrial() {
         trialsInFlight = max(0, trialsInFlight - 1)
+    }
+
+    /// New settings (a reload changed `breaker`): the state, the ejection under way and the ejection
+    /// history carry on; the failure window restarts when its length changed.
+    public mutating func replaceSettings(_ new: Settings) {
+        guard new != settings else { return }
+        if new.window != settings.window {
+            buckets = Array(repeating: (-1, 0, 0), count: max(1, Int((new.window + 999_999) / 1_000_000)))
+        }
+        settings = new
     }
 
     /// An active probe succeeded: an open breaker need not wait out its ejection time.

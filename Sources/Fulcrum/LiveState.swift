@@ -1,0 +1,266 @@
+import EventLoop
+import FulcrumCore
+import Logging
+
+/// The process's running state, owned by the main loop: the configuration in effect, each pool's live
+/// state (`LivePool`), and each listener's bound sockets. Every change (a reload today; the admin API and
+/// discovery later) goes through here: it changes the live state, then tells each worker through its
+/// mailbox, in order, with a barrier that each worker acknowledges once it has applied everything before it.
+///
+/// ```text
+///   main loop (owns LiveState)                                   worker i (owns its PoolRuntimes)
+///   reload/admin/discovery ─▶ LivePool ops ─▶ snapshots ──mailbox i──▶ apply between events
+///   HealthChecker verdicts ─▶ LivePool.checked ─────────────mailbox i──▶ PoolHealth.checked
+///   LivePool.breakerChanged ◀─ EngineReport.breaker ◀──engine mailbox── PoolHealth breaker changes
+///   "applied by every worker" ◀─ EngineReport.applied ◀─engine mailbox─ barrier(generation)
+///   shared, never moving: SharedBackendCounters (connection counts), SharedQueueOrder (waiters)
+/// ```
+final class LiveState {
+    /// The configuration in effect (a reload keeps the running values of the keys that need a restart).
+    private(set) var config: FulcrumConfig
+    /// Every pool the process has run, by index; a pool the file no longer defines is `retired`.
+    private(set) var pools: [LivePool] = []
+    /// What the workers of each pool share, by pool index.
+    private(set) var shared: [PoolShared] = []
+    /// Listening sockets by listener name: one per worker, all on the listener's address.
+    private var bound: [String: BoundListener] = [:]
+    let workers: Int
+    let mailboxes: [Mailbox<WorkerMessage>]
+    /// Counts changes sent to the workers; each ends with a barrier of this number.
+    private(set) var generation = 0
+    /// The last barrier each worker acknowledged.
+    private var applied: [Int]
+    private(set) var reloadsSucceeded = 0
+    private(set) var reloadsFailed = 0
+    /// The generation whose application by every worker is still to be logged, and what it was.
+    private var pendingApply: (generation: Int, what: String)?
+    private var logger: Logger
+    weak var health: HealthChecker?
+
+    struct BoundListener {
+        var config: FulcrumConfig.Listener
+        var endpoint: Endpoint
+        /// One listening socket per worker (SO_REUSEPORT); each worker owns and closes its own.
+        var fds: [Int32]
+    }
+
+    init(config: FulcrumConfig, workers: Int, mailboxes: [Mailbox<WorkerMessage>], logger: Logger) {
+        self.config = config
+        self.workers = workers
+        self.mailboxes = mailboxes
+        self.logger = logger
+        applied = Array(repeating: 0, count: workers)
+    }
+
+    // MARK: - Start
+
+    /// Binds every listener of the configuration; on failure closes what it bound and throws.
+    func bindListeners() throws(SystemError) {
+        var result: [String: BoundListener] = [:]
+        do throws(SystemError) {
+            for listener in config.listeners { result[listener.name] = try bind(listener, in: config) }
+        } catch {
+            for listener in result.values { listener.fds.forEach(Socket.close) }
+            throw error
+        }
+        bound = result
+    }
+
+    /// Closes every listening socket: for a stop before any worker took them.
+    func closeListeners() {
+        for listener in bound.values { listener.fds.forEach(Socket.close) }
+        bound = [:]
+    }
+
+    /// Builds the pools and tells every worker what to run: posted before the workers start, so each finds
+    /// it in its mailbox on its first turn. The health checker gets its targets.
+    func start() {
+        for pool in config.pools { addPool(pool) }
+        for pool in pools { health?.update(pool) }
+        post(to: Array(0..<workers), drainTimeout: nil)
+    }
+
+    private func addPool(_ pool: FulcrumConfig.Pool) {
+        let live = LivePool(index: pools.count, pool: pool, workers: workers)
+        pools.append(live)
+        shared.append(PoolShared(backends: live.backends.count, workers: workers))
+    }
+
+    // MARK: - Reload
+
+    /// Re-reads the file and applies what changed, as a diff: nothing is restarted, no connection is cut.
+    /// An invalid file, or a new listener that cannot be bound, changes nothing.
+    func reload(path: String) {
+        let loaded: FulcrumConfig
+        do {
+            loaded = try ConfigFile.load(path: path)
+        } catch {
+            reloadsFailed += 1
+            logger.error("reload failed: the configuration is invalid; nothing changed, the running configuration stays\n\(error)", metadata: [
+                "config": "\(path)", "reloads_failed": "\(reloadsFailed)",
+            ])
+            return
+        }
+        let diff = ConfigDiff(from: config, to: loaded)
+        for change in diff.changes {
+            if case .needsRestart = change {
+                logger.warning("reload: \(change); restart to apply it", metadata: ["config": "\(path)"])
+            }
+        }
+        let target = config.reloaded(to: loaded)
+        let listeners: [String: BoundListener]
+        do throws(SystemError) {
+            listeners = try rebind(target)
+        } catch {
+            reloadsFailed += 1
+            logger.error("reload failed: \(error); nothing changed, the running configuration stays", metadata: [
+                "config": "\(path)", "reloads_failed": "\(reloadsFailed)",
+            ])
+            return
+        }
+        // Committed from here on.
+        let drainTimeoutChanged = target.drainTimeout != config.drainTimeout
+        config = target
+        bound = listeners
+        for pool in target.pools {
+            if let index = pools.firstIndex(where: { $0.name == pool.name }) {
+                pools[index].retired = false
+                let full = pools[index].apply(file: pool)
+                for address in full {
+                    logger.error("reload: backend not added: the pool has had \(LivePool.maxSlots) distinct backend addresses since start; restart to add more", metadata: [
+                        "pool": "\(pool.name)", "backend": "\(address)",
+                    ])
+                }
+            } else {
+                addPool(pool)
+            }
+        }
+        let names = Set(target.pools.map(\.name))
+        for index in pools.indices where !names.contains(pools[index].name) { pools[index].retired = true }
+        for pool in pools { health?.update(pool) }
+        reloadsSucceeded += 1
+        let applying = diff.changes.filter { if case .needsRestart = $0 { return false } else { return true } }
+        for change in applying { logger.info("reload: \(change)") }
+        post(to: Array(0..<workers), drainTimeout: drainTimeoutChanged ? target.drainTimeout : nil)
+        logger.notice("configuration reloaded", metadata: [
+            "config": "\(path)", "changes": "\(applying.count)", "generation": "\(generation)",
+            "reloads": "\(reloadsSucceeded)",
+        ])
+        pendingApply = (generation, "reload")
+    }
+
+    /// The sockets for the listeners of a new configuration: a listener whose name and address are
+    /// unchanged keeps its sockets (with a new backlog if that changed); a new address takes the sockets of
+    /// a listener that leaves it in this reload, or is bound. On failure nothing bound here stays open.
+    private func rebind(_ target: FulcrumConfig) throws(SystemError) -> [String: BoundListener] {
+        let listeners = target.listeners
+        var result: [String: BoundListener] = [:]
+        var freed: [SocketAddress: BoundListener] = [:]
+        let wanted = Dictionary(uniqueKeysWithValues: listeners.map { ($0.name, $0) })
+        for (name, listener) in bound where wanted[name]?.address != listener.config.address {
+            freed[listener.config.address] = listener
+        }
+        var fresh: [BoundListener] = []
+        do throws(SystemError) {
+            for listener in listeners {
+                if var kept = bound[listener.name], kept.config.address == listener.address {
+                    kept.config = listener
+                    result[listener.name] = kept
+                } else if var moved = freed.removeValue(forKey: listener.address) {
+                    moved.config = listener
+                    result[listener.name] = moved
+                } else {
+                    let new = try bind(listener, in: target)
+                    fresh.append(new)
+                    result[listener.name] = new
+                }
+            }
+        } catch {
+            for listener in fresh { listener.fds.forEach(Socket.close) }
+            throw error
+        }
+        for (name, listener) in result {
+            guard let before = bound.first(where: { $0.value.fds == listener.fds }) else { continue }
+            if before.value.config.backlog != listener.config.backlog {
+                for fd in listener.fds { try? Socket.setBacklog(fd, Int32(listener.config.backlog)) }
+            }
+            if before.key != name {
+                logger.info("listener \(name) takes over the sockets of \(before.key) on \(listener.endpoint)")
+            }
+        }
+        return result
+    }
+
+    /// One listening socket per worker on the listener's address, all sharing it through SO_REUSEPORT.
+    /// The first one claims the address (the bind fails if any other process holds it); port 0 is
+    /// resolved by that first bind and reused for the rest.
+    private func bind(_ listener: FulcrumConfig.Listener, in config: FulcrumConfig) throws(SystemError) -> BoundListener {
+        var endpoint = Endpoint(listener.address)
+        var fds: [Int32] = []
+        do throws(SystemError) {
+            for index in 0..<workers {
+                let fd = try Socket.listen(endpoint, reusePort: true, claim: index == 0, backlog: Int32(listener.backlog))
+                fds.append(fd)
+                if endpoint.port == 0 { endpoint = try Socket.localEndpoint(fd) }
+            }
+        } catch {
+            fds.forEach(Socket.close)
+            throw error
+        }
+        let pool = config.pool(named: listener.pool)
+        logger.info("listening on \(endpoint)", metadata: [
+            "listener": "\(listener.name)", "pool": "\(listener.pool)", "backends": "\(pool?.backends.count ?? 0)",
+            "balance": "\(pool?.balance.name ?? "-")",
+        ])
+        return BoundListener(config: listener, endpoint: endpoint, fds: fds)
+    }
+
+    // MARK: - Telling the workers
+
+    /// Posts to each worker, as one unit: every pool's snapshot, its listening sockets, and a barrier.
+    private func post(to workerIDs: [Int], drainTimeout: Duration?) {
+        generation += 1
+        let snapshots = pools.indices.map { WorkerMessage.pool(pools[$0].snapshot(), shared[$0]) }
+        for worker in workerIDs {
+            var messages: [WorkerMessage] = drainTimeout.map { [.drainTimeout($0)] } ?? []
+            messages += snapshots
+            messages.append(.listeners(assignments(for: worker)))
+            messages.append(.barrier(generation: generation))
+            mailboxes[worker].post(contentsOf: messages)
+        }
+    }
+
+    private func assignments(for worker: Int) -> [ListenerAssignment] {
+        config.listeners.compactMap { listener in
+            guard let sockets = bound[listener.name], let pool = pools.firstIndex(where: { $0.name == listener.pool })
+            else { return nil }
+            return ListenerAssignment(fd: sockets.fds[worker], listener: listener.name, pool: pool)
+        }
+    }
+
+    /// An active check's verdict: recorded here and sent to every worker.
+    func checked(pool: Int, slot: Int, state: ActiveHealth.State, passed: Bool, reason: String?) {
+        pools[pool].checked(slot: slot, state, reason: reason)
+        for mailbox in mailboxes { mailbox.post(.checked(pool: pool, slot: slot, state: state, passed: passed)) }
+    }
+
+    // MARK: - Reports
+
+    func handle(_ report: EngineReport) {
+        switch report {
+        case .applied(let worker, let generation):
+            applied[worker] = max(applied[worker], generation)
+            if let pending = pendingApply, applied.allSatisfy({ $0 >= pending.generation }) {
+                pendingApply = nil
+                logger.info("\(pending.what) applied by every worker", metadata: [
+                    "generation": "\(pending.generation)", "workers": "\(workers)",
+                ])
+            }
+        case .breaker(let worker, let pool, let slot, let breaker):
+            pools[pool].breakerChanged(slot: slot, worker: worker, breaker)
+        }
+    }
+
+    /// The listening sockets by listener, for a process that takes over.
+    var listenerSockets: [BoundListener] { config.listeners.compactMap { bound[$0.name] } }
+}
