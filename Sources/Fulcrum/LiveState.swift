@@ -42,6 +42,12 @@ final class LiveState {
         var endpoint: Endpoint
         /// One listening socket per worker (SO_REUSEPORT); each worker owns and closes its own.
         var fds: [Int32]
+
+        /// Whether these sockets are bound where `listener` asks: the same configured address, or the
+        /// address they were actually bound to (a port 0 the kernel chose, now written out).
+        func serves(_ listener: FulcrumConfig.Listener) -> Bool {
+            config.address == listener.address || "\(endpoint)" == "\(listener.address)"
+        }
     }
 
     init(config: FulcrumConfig, workers: Int, mailboxes: [Mailbox<WorkerMessage>], logger: Logger) {
@@ -155,18 +161,23 @@ final class LiveState {
     private func rebind(_ target: FulcrumConfig) throws(SystemError) -> [String: BoundListener] {
         let listeners = target.listeners
         var result: [String: BoundListener] = [:]
-        var freed: [SocketAddress: BoundListener] = [:]
+        // Sockets a listener leaves in this reload, by the address they are bound to (as configured, and
+        // as bound: `127.0.0.1:0` became a real port).
+        var freed: [String: BoundListener] = [:]
         let wanted = Dictionary(uniqueKeysWithValues: listeners.map { ($0.name, $0) })
-        for (name, listener) in bound where wanted[name]?.address != listener.config.address {
-            freed[listener.config.address] = listener
+        for (name, listener) in bound where !(wanted[name].map(listener.serves) ?? false) {
+            freed["\(listener.config.address)"] = listener
+            freed["\(listener.endpoint)"] = listener
         }
         var fresh: [BoundListener] = []
         do throws(SystemError) {
             for listener in listeners {
-                if var kept = bound[listener.name], kept.config.address == listener.address {
+                if var kept = bound[listener.name], kept.serves(listener) {
                     kept.config = listener
                     result[listener.name] = kept
-                } else if var moved = freed.removeValue(forKey: listener.address) {
+                } else if var moved = freed["\(listener.address)"] {
+                    freed["\(moved.config.address)"] = nil
+                    freed["\(moved.endpoint)"] = nil
                     moved.config = listener
                     result[listener.name] = moved
                 } else {

@@ -104,6 +104,19 @@ public final class LoadClient: @unchecked Sendable {
 
     public var all: [Outcome] { lock.withLock { outcomes } }
 
+    /// Waits (at most `timeout` seconds) until `count` more requests have ended, whatever their outcome.
+    public func waitForOutcomes(_ count: Int, timeout: Double = 10) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        lock.lock()
+        defer { lock.unlock() }
+        let target = outcomes.count + count
+        while outcomes.count < target {
+            if !lock.wait(until: deadline) {
+                throw TestSocketError("\(count) more requests did not end within \(timeout)s", errno: 0)
+            }
+        }
+    }
+
     /// Stops after the request in progress and returns every outcome.
     public func stop() -> [Outcome] {
         lock.withLock { stopped = true }
@@ -122,5 +135,48 @@ public final class LoadClient: @unchecked Sendable {
                 throw TestSocketError("\(backend) answered no \(count) requests within \(timeout)s", errno: 0)
             }
         }
+    }
+}
+
+/// A long-lived client: one connection, one request after another on it, until stopped or `limit`
+/// requests are done. Records the backend that answered each request, and the first error, if any.
+public final class PersistentClient: @unchecked Sendable {
+    private let lock = NSLock()
+    private var backends: [String] = []
+    private var failure: String?
+    private var stopped = false
+    private let done = DispatchSemaphore(value: 0)
+
+    /// `pause` paces the requests (seconds between an answer and the next request).
+    public init(port: UInt16, limit: Int = 100_000, timeout: Double = 5, pause: Double = 0.005) throws {
+        let socket = try TestSocket.connect(port: port, timeout: timeout)
+        socket.setTimeout(timeout)
+        Thread.detachNewThread { [self] in
+            for i in 0..<limit {
+                if lock.withLock({ stopped }) { break }
+                do {
+                    try socket.send("long \(i)\n")
+                    let line = try socket.receiveLine()
+                    guard line.hasSuffix("long \(i)") else { throw TestSocketError("wrong answer: \(line)", errno: 0) }
+                    lock.withLock { backends.append(String(line.prefix { $0 != ":" })) }
+                    if pause > 0 { Thread.sleep(forTimeInterval: pause) }
+                } catch {
+                    lock.withLock { failure = "request \(i): \(error)" }
+                    break
+                }
+            }
+            socket.close()
+            done.signal()
+        }
+    }
+
+    /// The backend that answered each request so far.
+    public var answers: [String] { lock.withLock { backends } }
+
+    /// Stops after the request in progress; returns the answering backends and the error, if any.
+    public func stop() -> (answers: [String], error: String?) {
+        lock.withLock { stopped = true }
+        done.wait()
+        return lock.withLock { (backends, failure) }
     }
 }

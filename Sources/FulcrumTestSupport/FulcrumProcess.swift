@@ -78,6 +78,8 @@ public final class FulcrumProcess: @unchecked Sendable {
     public let process = Process()
     private let directory: TemporaryDirectory
     private let collector = LogCollector()
+    /// The configuration file the process runs (and re-reads on SIGHUP).
+    public let configPath: String
     /// The port each listener bound, by listener name.
     public private(set) var ports: [String: UInt16] = [:]
 
@@ -88,6 +90,7 @@ public final class FulcrumProcess: @unchecked Sendable {
                 environment: [String: String] = [:], readyLine: String? = "fulcrum ready") throws {
         directory = try TemporaryDirectory()
         let path = try directory.write("fulcrum.yaml", yaml)
+        configPath = path
         let command = [fulcrumExecutable().path, "run", "--config", path]
         if launcher.isEmpty {
             process.executableURL = fulcrumExecutable()
@@ -155,6 +158,32 @@ public final class FulcrumProcess: @unchecked Sendable {
     }
 
     public func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+
+    /// Replaces the configuration file (atomically: a rename) without telling the process.
+    public func writeConfig(_ yaml: String) throws { _ = try directory.write("fulcrum.yaml", yaml) }
+
+    /// Replaces the configuration file, sends SIGHUP, and waits until every worker has applied the reload
+    /// (the log says `reload applied by every worker`); throws if the reload failed instead.
+    public func reload(_ yaml: String, timeout: Double = 10) throws {
+        let applied = logCount(containing: "reload applied by every worker")
+        let failed = logCount(containing: "reload failed")
+        try writeConfig(yaml)
+        signal(SIGHUP)
+        let deadline = Date().addingTimeInterval(timeout)
+        let lock = collector.lock
+        lock.lock()
+        defer { lock.unlock() }
+        while true {
+            let lines = collector.lines
+            if lines.filter({ $0.contains("reload applied by every worker") }).count > applied { return }
+            if lines.filter({ $0.contains("reload failed") }).count > failed {
+                throw TestSocketError("the reload failed; log:\n\(lines.suffix(20).joined(separator: "\n"))", errno: 0)
+            }
+            if collector.closed || !lock.wait(until: deadline) {
+                throw TestSocketError("no reload applied within \(timeout)s; log:\n\(lines.suffix(20).joined(separator: "\n"))", errno: 0)
+            }
+        }
+    }
 
     /// Bytes logged so far, newlines included.
     public var logBytes: Int { log.reduce(0) { $0 + $1.utf8.count + 1 } }

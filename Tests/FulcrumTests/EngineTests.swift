@@ -227,9 +227,9 @@ extension Integration {
             #expect(!FileManager.default.fileExists(atPath: path))
         }
 
-        /// SIGHUP (a stray `kill -HUP`, a service manager's reload) must not end the process and cut every
-        /// connection: it changes nothing and says so.
-        @Test func sighupChangesNothingAndCutsNoConnection() throws {
+        /// SIGHUP (a service manager's reload, a stray `kill -HUP`) re-reads the file: with the file
+        /// unchanged it changes nothing, and it never ends the process or cuts a connection.
+        @Test func sighupWithAnUnchangedFileCutsNoConnection() throws {
             let backend = try TestBackend(.echo)
             let proxy = try FulcrumProcess(config: proxyConfig(backends: [(backend.port, 1)], workers: 2))
             let open = try TestSocket.connect(port: proxy.port("front"))
@@ -237,6 +237,9 @@ extension Integration {
             #expect(try open.receiveLine() == "before")
             proxy.signal(SIGHUP)
             try proxy.waitForLog(containing: "SIGHUP received")
+            let reloaded = try proxy.waitForLog(containing: "configuration reloaded")
+            #expect(reloaded.contains("changes=0"))
+            try proxy.waitForLog(containing: "reload applied by every worker")
             try open.send("after\n")
             #expect(try open.receiveLine() == "after")
             let late = try TestSocket.connect(port: proxy.port("front"))
