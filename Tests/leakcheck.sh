@@ -133,6 +133,46 @@ held = socket.create_connection(("127.0.0.1", port)); held.sendall(b"held"); hel
 print("traffic done")
 time.sleep(0.5)
 PY
+# Reloads under valgrind: one that drops a listener and its pool, adds a listener, removes and reweights
+# backends and changes a strategy and the checks; then one with an invalid file, which changes nothing.
+cat >"$OUT/reloaded.yaml" <<YAML
+workers: 2
+listeners:
+  - {name: front, listen: 127.0.0.1:$PORT, pool: app}
+  - {name: resilient, listen: 127.0.0.1:$RESILIENT, pool: resilient}
+  - {name: extra, listen: 127.0.0.1:0, pool: app}
+pools:
+  app:
+    backends: [{address: 127.0.0.1:$ECHO_PORT, weight: 3}]
+    idle_timeout: 500ms
+  resilient:
+    balance: p2c
+    backends: [127.0.0.1:$ECHO_PORT, 127.0.0.1:$REFUSED_PORT]
+    health: {check: tcp, interval: 100ms}
+    breaker: {consecutive_failures: 3, base_ejection: 200ms}
+    retry_budget: {ratio: 100%}
+YAML
+cp "$OUT/reloaded.yaml" "$OUT/fulcrum.yaml"
+kill -HUP "$FULCRUM_PID"
+for _ in $(seq 1 300); do grep -q "reload applied by every worker" "$OUT/fulcrum.log" && break; sleep 0.1; done
+grep -q "reload applied by every worker" "$OUT/fulcrum.log" || { echo "leakcheck: the reload was not applied"; exit 1; }
+EXTRA=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$OUT/fulcrum.log" | sed -n 4p | cut -d: -f2)
+python3 - "$PORT" "$RESILIENT" "$EXTRA" <<'PY'
+import socket, sys
+for i in range(60):
+    c = socket.create_connection(("127.0.0.1", int(sys.argv[1 + i % 3]))); c.settimeout(20)
+    c.sendall(b"after reload %d" % i); c.shutdown(socket.SHUT_WR)
+    got = b""
+    while (d := c.recv(65536)):
+        got += d
+    assert got == b"after reload %d" % i, (i, got)
+    c.close()
+print("traffic after reload done")
+PY
+echo "pools: [" >"$OUT/fulcrum.yaml"
+kill -HUP "$FULCRUM_PID"
+for _ in $(seq 1 300); do grep -q "reload failed" "$OUT/fulcrum.log" && break; sleep 0.1; done
+grep -q "reload failed" "$OUT/fulcrum.log" || { echo "leakcheck: the invalid file was not reported"; exit 1; }
 kill -TERM "$FULCRUM_PID"
 set +e
 wait "$FULCRUM_PID"

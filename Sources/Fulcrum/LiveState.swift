@@ -166,7 +166,8 @@ final class LiveState {
         var freed: [String: BoundListener] = [:]
         let wanted = Dictionary(uniqueKeysWithValues: listeners.map { ($0.name, $0) })
         for (name, listener) in bound where !(wanted[name].map(listener.serves) ?? false) {
-            freed["\(listener.config.address)"] = listener
+            // A configured port 0 means any free port, not the one these sockets happen to have.
+            if listener.config.address.port != 0 { freed["\(listener.config.address)"] = listener }
             freed["\(listener.endpoint)"] = listener
         }
         var fresh: [BoundListener] = []
