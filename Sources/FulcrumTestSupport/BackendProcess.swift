@@ -62,6 +62,14 @@ public final class BackendProcess: @unchecked Sendable {
     }
 }
 
+/// One request on a new connection to a `BackendProcess` behind the proxy: the name of the backend that
+/// answered, or nil if the connection failed.
+public func askOnce(_ port: UInt16, _ i: Int) -> String? {
+    guard let socket = try? TestSocket.connect(port: port, timeout: 2), (try? socket.send("req \(i)\n")) != nil,
+          let line = try? socket.receiveLine() else { return nil }
+    return String(line.prefix { $0 != ":" })
+}
+
 /// Steady client load through the proxy: one request after another, each on a new connection, until
 /// stopped or `limit` requests are done. Records every outcome with its time.
 public final class LoadClient: @unchecked Sendable {

@@ -30,13 +30,6 @@ func cpuSeconds(of pid: Int32) -> Double {
 extension Integration {
     @Suite(.timeLimit(.minutes(1)))
     struct BreakerRecoveryTests {
-        /// One request on a new connection: the name of the backend that answered, or nil if the connection
-        /// failed.
-        func ask(_ port: UInt16, _ i: Int) -> String? {
-            guard let socket = try? TestSocket.connect(port: port, timeout: 2), (try? socket.send("req \(i)\n")) != nil,
-                  let line = try? socket.receiveLine() else { return nil }
-            return String(line.prefix { $0 != ":" })
-        }
 
         @Test func withoutActiveChecksAFailedTrialEjectsAgainAndTheIdleWorkerSleeps() throws {
             let a = try BackendProcess("a"), c = try BackendProcess("c")
@@ -54,7 +47,7 @@ extension Integration {
             // Round robin sends every third connection to the backend that resets: three failures eject it.
             var sent = 0
             while proxy.logCount(containing: "breaker opened") == 0 && sent < 30 {
-                _ = ask(port, sent)
+                _ = askOnce(port, sent)
                 sent += 1
             }
             try proxy.waitForLog(containing: "breaker opened")
@@ -69,7 +62,7 @@ extension Integration {
             // The next 150 connections: one trial goes to the resetting backend, fails, and ejects it again
             // (for 2 s, longer than these take). Before, it took every third connection from here on.
             var failed = 0
-            for i in 0..<150 where ask(port, sent + i) == nil { failed += 1 }
+            for i in 0..<150 where askOnce(port, sent + i) == nil { failed += 1 }
             #expect(failed >= 1 && failed <= 3, "\(failed) of 150 connections failed after the ejection ended")
             #expect(proxy.logCount(containing: "breaker opened") >= 2, "ejected again after the failed trial")
             #expect(idleSwitches < 50, "the idle proxy woke up \(idleSwitches) times in 2 s")

@@ -7,12 +7,6 @@ extension Integration {
     /// Hot reload through SIGHUP, against real backends and clients that keep running throughout.
     @Suite(.timeLimit(.minutes(2)))
     struct ReloadTests {
-        /// One request on a new connection: the name of the backend that answered, or nil if it failed.
-        func ask(_ port: UInt16, _ i: Int) -> String? {
-            guard let socket = try? TestSocket.connect(port: port, timeout: 2), (try? socket.send("req \(i)\n")) != nil,
-                  let line = try? socket.receiveLine() else { return nil }
-            return String(line.prefix { $0 != ":" })
-        }
 
         func config(workers: Int = 2, listeners: String? = nil, _ pools: String) -> String {
             """
@@ -60,7 +54,7 @@ extension Integration {
 
             // The final weights, a:3 b:1, on fresh connections.
             var answers: [String: Int] = [:]
-            for i in 0..<400 { answers[ask(port, i) ?? "failed", default: 0] += 1 }
+            for i in 0..<400 { answers[askOnce(port, i) ?? "failed", default: 0] += 1 }
             let shareA = Double(answers["a", default: 0]) / 400
             #expect(answers["failed"] == nil && answers["c"] == nil, "\(answers)")
             #expect(abs(shareA - 0.75) <= 0.05, "a took \(Int(shareA * 100))% of 400 connections after the reloads, weights say 75%: \(answers)")
@@ -84,7 +78,7 @@ extension Integration {
             for reload in 0..<30 {
                 // Each reload changes the pool (c's weight), which rebuilds its balancer.
                 try proxy.reload(file(1 + reload % 2))
-                for i in 0..<3 { answers[ask(port, reload * 3 + i) ?? "failed", default: 0] += 1 }
+                for i in 0..<3 { answers[askOnce(port, reload * 3 + i) ?? "failed", default: 0] += 1 }
             }
             #expect(answers["a", default: 0] >= 42 && answers["a", default: 0] <= 48, "equal weights, 90 connections over 30 reloads: \(answers)")
             #expect(answers["failed"] == nil && answers["c"] == nil)
@@ -110,7 +104,7 @@ extension Integration {
             let port = proxy.port("front")
             var sent = 0
             while proxy.logCount(containing: "breaker opened") == 0 && sent < 20 {
-                _ = ask(port, sent)
+                _ = askOnce(port, sent)
                 sent += 1
             }
             try proxy.waitForLog(containing: "breaker opened")
@@ -118,7 +112,7 @@ extension Integration {
             try proxy.reload(file(true))
             try proxy.reload(file(false))
             var answers: [String: Int] = [:]
-            for i in 0..<40 { answers[ask(port, sent + i) ?? "failed", default: 0] += 1 }
+            for i in 0..<40 { answers[askOnce(port, sent + i) ?? "failed", default: 0] += 1 }
             #expect(answers == ["a": 40], "the ejected backend stays out and the checked one stays in: \(answers)")
             #expect(proxy.logCount(containing: "breaker half-open") == 0)
         }
@@ -143,7 +137,7 @@ extension Integration {
             try proxy.reload(file(weightA: 2, withB: true))
             try proxy.reload(file(weightA: 1, withB: true))
             var toB = 0
-            for i in 0..<200 where ask(port, i) == "b" { toB += 1 }
+            for i in 0..<200 where askOnce(port, i) == "b" { toB += 1 }
             let elapsed = Date().timeIntervalSince(added)
             // A restarted ramp would give b about 10/110 = 9%; the ramp that went on gives 27% or more.
             #expect(toB >= 36, "b took \(toB) of 200 connections \(String(format: "%.1f", elapsed)) s after it was added")
@@ -214,7 +208,7 @@ extension Integration {
                 #expect(line == "\(backend):again \(i)", "an open connection keeps its backend through the reload")
             }
             var answers: [String: Int] = [:]
-            for i in 0..<20 { answers[ask(front, i) ?? "failed", default: 0] += 1 }
+            for i in 0..<20 { answers[askOnce(front, i) ?? "failed", default: 0] += 1 }
             #expect(answers == ["c": 20], "the moved listener sends new connections to its new pool: \(answers)")
             #expect(throws: (any Error).self, "the removed listener accepts nothing") {
                 let socket = try TestSocket.connect(port: side, timeout: 1)
