@@ -30,7 +30,6 @@ func cpuSeconds(of pid: Int32) -> Double {
 extension Integration {
     @Suite(.timeLimit(.minutes(1)))
     struct BreakerRecoveryTests {
-
         @Test func withoutActiveChecksAFailedTrialEjectsAgainAndTheIdleWorkerSleeps() throws {
             let a = try BackendProcess("a"), c = try BackendProcess("c")
             let resetting = try BackendProcess("r", mode: "reset")

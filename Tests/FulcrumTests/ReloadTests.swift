@@ -7,7 +7,6 @@ extension Integration {
     /// Hot reload through SIGHUP, against real backends and clients that keep running throughout.
     @Suite(.timeLimit(.minutes(2)))
     struct ReloadTests {
-
         func config(workers: Int = 2, listeners: String? = nil, _ pools: String) -> String {
             """
             workers: \(workers)
