@@ -80,6 +80,8 @@ public final class FulcrumProcess: @unchecked Sendable {
     private let collector = LogCollector()
     /// The port each listener bound, by listener name.
     public private(set) var ports: [String: UInt16] = [:]
+    /// The configuration file the process was started with (`--config`), which SIGHUP makes it re-read.
+    public let configPath: String
 
     /// Starts `fulcrum run` on `yaml` and waits (at most `timeout` seconds) until it has logged
     /// `readyLine` (nil: does not wait). `launcher` runs before it (e.g. `["prlimit", "--nofile=48:48"]`,
@@ -88,6 +90,7 @@ public final class FulcrumProcess: @unchecked Sendable {
                 environment: [String: String] = [:], readyLine: String? = "fulcrum ready") throws {
         directory = try TemporaryDirectory()
         let path = try directory.write("fulcrum.yaml", yaml)
+        configPath = path
         let command = [fulcrumExecutable().path, "run", "--config", path]
         if launcher.isEmpty {
             process.executableURL = fulcrumExecutable()
