@@ -9,12 +9,19 @@ extension Integration {
     /// `fulcrum reload`: validate as `check` does, find the running process, send it SIGHUP.
     @Suite(.serialized, .timeLimit(.minutes(1)))
     struct ReloadCommandTests {
-        @Test func reloadValidatesAndSignalsTheProcessNamedByThePidFile() throws {
+        /// A running `fulcrum run` with one echo backend and a `pid_file` in a temporary directory.
+        private func startWithPidFile() throws -> (TestBackend, TemporaryDirectory, String, FulcrumProcess) {
             let backend = try TestBackend(.echo)
             let dir = try TemporaryDirectory()
             let pidFile = dir.url.appendingPathComponent("fulcrum.pid").path
             let proxy = try FulcrumProcess(config: proxyConfig(backends: [(backend.port, 1)], workers: 1,
                                                                top: "pid_file: \(pidFile)"))
+            return (backend, dir, pidFile, proxy)
+        }
+
+        @Test func reloadValidatesAndSignalsTheProcessNamedByThePidFile() throws {
+            let (backend, dir, pidFile, proxy) = try startWithPidFile()
+            defer { withExtendedLifetime(backend) {} }
             let pid = proxy.process.processIdentifier
             let (status, output) = try runFulcrum(["reload", "--config", proxy.configPath])
             #expect(status == 0, "\(output)")
@@ -34,11 +41,8 @@ extension Integration {
         /// An invalid file is reported exactly as `check` reports it, and the process gets no signal: the one
         /// SIGHUP it sees is the valid reload that follows.
         @Test func anInvalidFileIsReportedAsCheckDoesAndNothingIsSignalled() throws {
-            let backend = try TestBackend(.echo)
-            let dir = try TemporaryDirectory()
-            let pidFile = dir.url.appendingPathComponent("fulcrum.pid").path
-            let proxy = try FulcrumProcess(config: proxyConfig(backends: [(backend.port, 1)], workers: 1,
-                                                               top: "pid_file: \(pidFile)"))
+            let (backend, dir, pidFile, proxy) = try startWithPidFile()
+            defer { withExtendedLifetime(backend) {} }
             let bad = try dir.write("bad.yaml", """
             pid_file: \(pidFile)
             listeners:
