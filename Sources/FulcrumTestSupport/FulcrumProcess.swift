@@ -78,10 +78,10 @@ public final class FulcrumProcess: @unchecked Sendable {
     public let process = Process()
     private let directory: TemporaryDirectory
     private let collector = LogCollector()
-    /// The configuration file the process runs (and re-reads on SIGHUP).
-    public let configPath: String
     /// The port each listener bound, by listener name.
     public private(set) var ports: [String: UInt16] = [:]
+    /// The configuration file the process was started with (`--config`), which SIGHUP makes it re-read.
+    public let configPath: String
 
     /// Starts `fulcrum run` on `yaml` and waits (at most `timeout` seconds) until it has logged
     /// `readyLine` (nil: does not wait). `launcher` runs before it (e.g. `["prlimit", "--nofile=48:48"]`,

@@ -19,9 +19,10 @@ struct FulcrumCommand: ParsableCommand {
 
           fulcrum check --config examples/quickstart.yaml   # validate and print the plan
           fulcrum run --config examples/quickstart.yaml     # serve until SIGTERM or Ctrl-C
+          fulcrum reload --config examples/quickstart.yaml  # validate, then make the running process re-read it
         """,
         version: version,
-        subcommands: [Run.self, Check.self],
+        subcommands: [Run.self, Check.self, Reload.self],
         defaultSubcommand: nil
     )
 }
@@ -94,14 +95,9 @@ extension FulcrumCommand {
         @OptionGroup var options: ConfigOption
 
         func run() throws {
-            do {
-                let config = try ConfigFile.load(path: options.config)
-                print("configuration \(options.config) is valid\n")
-                print(Plan.describe(config))
-            } catch {
-                printError("\(error)")
-                throw ExitCode(1)
-            }
+            guard let config = loadOrReport(options.config) else { throw ExitCode(1) }
+            print("configuration \(options.config) is valid\n")
+            print(Plan.describe(config))
         }
     }
 }

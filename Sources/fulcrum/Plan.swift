@@ -10,15 +10,24 @@ import Glibc
 /// file, with "off" for what is not enabled.
 enum Plan {
     static func describe(_ config: FulcrumConfig) -> String {
-        var lines: [String] = []
+        let workers: String
         switch config.workers {
-        case .auto: lines.append("workers:        auto (\(onlineCores()) on this machine)")
-        case .count(let n): lines.append("workers:        \(n)")
+        case .auto: workers = "auto (\(onlineCores()) on this machine)"
+        case .count(let n): workers = "\(n)"
         }
-        lines.append("drain_timeout:  \(config.drainTimeout.configText)")
-        lines.append("buffer_size:    \(sizeText(config.bufferSize))")
-        lines.append("pid_file:       \(config.pidFile ?? "off")")
-        lines.append("")
+        // A reload applies everything else; these keep the running process's value (`ConfigDiff.needsRestart`).
+        let restart = [workers, sizeText(config.bufferSize), config.pidFile ?? "off"]
+        let width = restart.map(\.count).max()!
+        func needsRestart(_ value: String) -> String {
+            value + String(repeating: " ", count: width - value.count) + "  (a reload keeps the running value; restart to change)"
+        }
+        var lines = [
+            "workers:        \(needsRestart(restart[0]))",
+            "drain_timeout:  \(config.drainTimeout.configText)",
+            "buffer_size:    \(needsRestart(restart[1]))",
+            "pid_file:       \(needsRestart(restart[2]))",
+            "",
+        ]
         for listener in config.listeners {
             lines.append("listener \(listener.name): \(listener.address) -> pool \(listener.pool) (backlog \(listener.backlog))")
         }

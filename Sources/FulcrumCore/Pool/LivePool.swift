@@ -242,17 +242,18 @@ public struct LivePool: Sendable {
     @discardableResult
     public mutating func apply(file pool: FulcrumConfig.Pool) -> [SocketAddress] {
         replaceSettings(pool)
+        // Linear in the pool's size: a file that replaces thousands of backends must not stall the main loop.
         let addresses = Set(pool.backends.map(\.address))
-        for backend in listed where !addresses.contains(backend.id.address) {
-            remove(backend.id.address)
-        }
+        for slot in order where !addresses.contains(backends[slot].id.address) { backends[slot].listed = false }
+        order.removeAll { !backends[$0].listed }
         var failed: [SocketAddress] = []
         var fileOrder: [Int] = []
         for backend in pool.backends {
             if let slot = add(backend, source: .file) { fileOrder.append(slot) } else { failed.append(backend.address) }
         }
         // Backends listed by another source keep their place after the file's.
-        order = fileOrder + order.filter { !fileOrder.contains($0) }
+        let inFile = Set(fileOrder)
+        order = fileOrder + order.filter { !inFile.contains($0) }
         return failed
     }
 
