@@ -71,9 +71,9 @@ import Testing
     /// picks per backend. Restarting the rotation at the first backend on every change (what a rebuild did)
     /// gives that backend the first pick of every round: with weights 1:1 and one or two picks per round it
     /// would get 100% or 50%+ of them, where the weights ask for 50%.
-    private func splitAcrossChanges(weights: [Int], changes: Int, picksPerChange: (Int) -> Int,
-                                    change: (PoolBalancer, Int) -> Void) -> [Int] {
-        let pool = makePool(.roundRobin, weights: weights)
+    private func splitAcrossChanges(_ strategy: BalanceStrategy = .roundRobin, weights: [Int], changes: Int,
+                                    picksPerChange: (Int) -> Int, change: (PoolBalancer, Int) -> Void) -> [Int] {
+        let pool = makePool(strategy, weights: weights)
         var counts = Array(repeating: 0, count: weights.count)
         for round in 0..<changes {
             for _ in 0..<picksPerChange(round) { counts[pool.pickAndRelease()!] += 1 }
@@ -126,5 +126,14 @@ import Testing
             pool.setWeight(69, 1, now: 0)
         }
         #expect(counts == Array(repeating: 2, count: 70))
+    }
+
+    /// Least connections with short connections (every backend at 0 open): ties decide every pick. A
+    /// rebuild that forgot the tie-break order would give backend 0 the pick after every change.
+    @Test func leastConnectionsKeepsItsTieBreakOrderAcrossChanges() {
+        let counts = splitAcrossChanges(.leastConnections, weights: [1, 1, 1], changes: 90, picksPerChange: { _ in 1 }) { pool, round in
+            pool.setWeight(round % 3, 1, now: 0)
+        }
+        #expect(counts == [30, 30, 30], "split \(counts)")
     }
 }

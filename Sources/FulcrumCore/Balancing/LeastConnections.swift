@@ -13,12 +13,17 @@ public final class LeastConnectionsStrategy: BalancingStrategy {
 
     public init(table: BackendTable) { self.table = table }
 
+    /// Candidates that stay keep their place in the tie-break order, so that a change elsewhere in the pool
+    /// (a reload, a backend ejected or back) does not hand the next ties to the first backend again; new
+    /// candidates come first among equals, in list order.
     public func rebuild(candidates: [Int]) {
+        var kept: [Int: Int] = [:]
+        for (position, backend) in self.candidates.enumerated() { kept[backend] = lastPicked[position] }
+        let oldest = kept.values.min() ?? 0
         self.candidates = candidates
         positionOf = Array(repeating: -1, count: table.count)
         for (position, backend) in candidates.enumerated() { positionOf[backend] = position }
-        // Before any pick, ties go in list order.
-        lastPicked = candidates.indices.map { $0 - candidates.count }
+        lastPicked = candidates.enumerated().map { position, backend in kept[backend] ?? oldest - candidates.count + position }
         stash.reserveCapacity(candidates.count)
         heap.rebuild(count: candidates.count, less: less)
     }
