@@ -220,5 +220,20 @@ extension Integration {
             }
             for (socket, _) in open { socket.close() }
         }
+
+        /// `workers` and `buffer_size` take a restart: a reload says so, keeps the running values, and
+        /// applies the rest of the file.
+        @Test func keysThatNeedARestartKeepTheirRunningValue() throws {
+            let a = try BackendProcess("a"), b = try BackendProcess("b")
+            let proxy = try FulcrumProcess(config: config(workers: 1, "  app:\n    backends: [127.0.0.1:\(a.port)]"))
+            let port = proxy.port("front")
+            try proxy.reload("buffer_size: 64KiB\n" + config(workers: 3, "  app:\n    backends: [127.0.0.1:\(b.port)]"))
+            #expect(proxy.logCount(containing: "workers: needs restart: kept running value 1 (file has 3)") == 1)
+            #expect(proxy.logCount(containing: "buffer_size: needs restart") == 1)
+            #expect(askOnce(port, 1) == "b", "the rest of the file applies")
+            proxy.signal(SIGTERM)
+            #expect(try proxy.waitForExit(timeout: 30) == 0)
+            #expect(proxy.logCount(containing: "worker stopped") == 1, "still one worker")
+        }
     }
 }
