@@ -46,7 +46,7 @@ public enum RelayCloseReason: Equatable, Sendable, CustomStringConvertible {
     case clientError(Int32)
     case upstreamError(Int32)
     case idleTimeout
-    /// The engine closed it because its backend was marked down.
+    /// The engine closed it because its backend was marked down, or removed and its time to finish is over.
     case backendDown
     /// The engine gave up before a relay was established (every backend failed, or the queue was full).
     case noUpstream

@@ -43,6 +43,8 @@ final class PoolRuntime {
     var servePass = 0
     /// Every slot as last applied.
     private var slots: [PoolSnapshot.Slot] = []
+    /// When each backend that is no longer listed was removed, for `removed_backend_timeout`.
+    var removedSince: [Int: Int64] = [:]
     private let bufferSize: Int
     private var seedState: UInt64
 
@@ -108,8 +110,14 @@ final class PoolRuntime {
             }
             let before = slots[slot]
             guard before != entry else { continue }
-            if entry.listed && !before.listed { balancer.restore(slot, now: now) }
-            if !entry.listed && before.listed { balancer.remove(slot) }
+            if entry.listed && !before.listed {
+                balancer.restore(slot, now: now)
+                removedSince[slot] = nil
+            }
+            if !entry.listed && before.listed {
+                balancer.remove(slot)
+                removedSince[slot] = now
+            }
             balancer.update(slot, Self.balancerBackend(entry), now: now)
             if health.update(slot, state: entry.backend.state, listed: entry.listed) { healthChanged = true }
             slots[slot] = entry

@@ -35,6 +35,8 @@ final class Session: RelayDelegate, ConnectorDelegate {
 
     /// The backend this client's bytes are relayed to, once connected.
     var upstreamBackend: Int? { lifecycle.state == .forwarding ? lifecycle.backend : nil }
+    /// The backend this client is connecting or relayed to, if any.
+    var backend: Int? { lifecycle.backend }
     var isWaiting: Bool { lifecycle.isWaiting }
 
     func start(_ relay: Relay) {

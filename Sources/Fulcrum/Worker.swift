@@ -74,6 +74,7 @@ final class Worker {
     private var drainTimer: Timer?
     private var slowStartTimer: Timer?
     private var breakerTimer: Timer?
+    private var removedTimer: Timer?
     private var draining = false
     private var drainTimeout: Duration
     private var spareConnectors: [Connector] = []
@@ -100,6 +101,7 @@ final class Worker {
         }
         slowStartTimer = Timer(base: base) { [unowned self] in self.advanceSlowStart() }
         breakerTimer = Timer(base: base) { [unowned self] in self.breakerDeadlinePassed() }
+        removedTimer = Timer(base: base) { [unowned self] in self.closeRemovedBackendConnections() }
     }
 
     /// Runs the loop until the worker has drained or is stopped; then closes what is still open and frees
@@ -116,6 +118,7 @@ final class Worker {
         drainTimer = nil
         slowStartTimer = nil
         breakerTimer = nil
+        removedTimer = nil
         for pool in pools {
             pool.health.onRecompute = nil
             pool.health.onBreakerOpened = nil
@@ -152,6 +155,7 @@ final class Worker {
             pool.apply(snapshot, now: now)
             if pool.balancer.ramping { slowStartBegan() }
             armBreakerTimer()
+            armRemovedTimer()
             if pool.order.waiting > 0 { serveOldest(pool) }
             return
         }
@@ -423,6 +427,44 @@ final class Worker {
         let now = base.monotonicMicroseconds
         for pool in pools { pool.health.recompute(now: now) }
         armBreakerTimer()
+    }
+
+    // MARK: - Removed backends
+
+    /// Wakes the worker when the first removed backend's `removed_backend_timeout` ends.
+    private func armRemovedTimer() {
+        var next: Int64?
+        for pool in pools {
+            guard let timeout = pool.config.resilience.removedBackendTimeout?.microseconds else { continue }
+            for since in pool.removedSince.values where since + timeout < (next ?? .max) { next = since + timeout }
+        }
+        guard let next else {
+            removedTimer?.cancel()
+            return
+        }
+        removedTimer?.schedule(after: max(0, next - now))
+    }
+
+    /// Closes the connections still open to backends removed `removed_backend_timeout` ago.
+    private func closeRemovedBackendConnections() {
+        let now = self.now
+        for pool in pools {
+            guard let timeout = pool.config.resilience.removedBackendTimeout?.microseconds else { continue }
+            for (slot, since) in pool.removedSince where since + timeout <= now {
+                pool.removedSince[slot] = nil
+                let closed = relays.close(.backendDown) { delegate in
+                    guard let session = delegate as? Session else { return false }
+                    return session.pool === pool && session.backend == slot
+                }
+                if closed > 0 {
+                    logger.warning("closed connections of a removed backend: removed_backend_timeout reached", metadata: [
+                        "pool": "\(pool.config.name)", "backend": "\(pool.address(slot))", "closed": "\(closed)",
+                        "removed_backend_timeout": "\(Duration.microseconds(timeout).configText)",
+                    ])
+                }
+            }
+        }
+        armRemovedTimer()
     }
 
     // MARK: - Slow start

@@ -56,7 +56,8 @@ enum Plan {
         lines.append("  retry_budget \(percent(r.retryBudgetRatio * 100)) + \(r.retryBudgetMinPerSecond)/s, "
             + "replay \(r.replayMaxBytes.map { "up to \(sizeText($0))" } ?? "off"), "
             + "first_byte_timeout \(offOr(r.firstByteTimeout)), on_backend_down \(r.onBackendDown.rawValue), "
-            + "panic_threshold \(r.panicThreshold > 0 ? percent(r.panicThreshold) : "off")")
+            + "panic_threshold \(r.panicThreshold > 0 ? percent(r.panicThreshold) : "off"), "
+            + "removed_backend_timeout \(offOr(r.removedBackendTimeout))")
         lines += backends(pool.backends, balance: pool.balance)
         return lines
     }

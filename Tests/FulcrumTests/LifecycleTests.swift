@@ -111,7 +111,7 @@ extension Integration {
             #expect(line("  health http") == "  health http GET /healthz host (the backend's address) status 200-399 "
                 + "every 2s (down: 2s, jitter 10%), timeout 1s, rise 2, fall 3, assume_healthy false")
             #expect(line("  retry_budget") == "  retry_budget 20% + 10/s, replay off, first_byte_timeout off, "
-                + "on_backend_down keep, panic_threshold off")
+                + "on_backend_down keep, panic_threshold off, removed_backend_timeout off")
             #expect(line("  breaker") == "  breaker after 5 failures in a row, failure_ratio off, ejection 10s..5m "
                 + "+ up to 10% jitter, half_open_trials 1, max_ejection_percent 50%")
             // Shares are over the enabled backends of each tier; drain and disabled backends get none.

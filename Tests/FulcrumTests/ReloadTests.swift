@@ -221,6 +221,35 @@ extension Integration {
             for (socket, _) in open { socket.close() }
         }
 
+        /// With `removed_backend_timeout`, a removed backend's connections get that long to finish, then are
+        /// closed; the other backends' connections are not touched.
+        @Test func removedBackendTimeoutClosesWhatIsLeft() throws {
+            let a = try BackendProcess("a"), b = try BackendProcess("b")
+            func file(_ backends: String) -> String {
+                config(workers: 1, "  app:\n    removed_backend_timeout: 300ms\n    backends: [\(backends)]")
+            }
+            let proxy = try FulcrumProcess(config: file("127.0.0.1:\(a.port), 127.0.0.1:\(b.port)"))
+            let open = try (0..<2).map { i -> (TestSocket, String) in
+                let socket = try TestSocket.connect(port: proxy.port("front"))
+                try socket.send("hello \(i)\n")
+                return (socket, String(try socket.receiveLine().prefix { $0 != ":" }))
+            }
+            #expect(Set(open.map(\.1)) == ["a", "b"])
+            try proxy.reload(file("127.0.0.1:\(a.port)"))
+            let removedAt = Date()
+            let (onB, onA) = open[0].1 == "b" ? (open[0].0, open[1].0) : (open[1].0, open[0].0)
+            try onB.send("still there\n")
+            #expect(try onB.receiveLine() == "b:still there", "the removed backend's connection runs on at first")
+            onB.setTimeout(5)
+            #expect(try onB.receive().isEmpty, "closed once removed_backend_timeout is over")
+            let elapsed = Date().timeIntervalSince(removedAt)
+            #expect(elapsed >= 0.25 && elapsed < 3, "closed \(elapsed) s after the reload")
+            try proxy.waitForLog(containing: "removed_backend_timeout reached")
+            try onA.send("a too\n")
+            #expect(try onA.receiveLine() == "a:a too")
+            onA.close()
+        }
+
         /// `workers` and `buffer_size` take a restart: a reload says so, keeps the running values, and
         /// applies the rest of the file.
         @Test func keysThatNeedARestartKeepTheirRunningValue() throws {

@@ -6,7 +6,7 @@ extension ConfigLoader {
     static let breakerKeys = ["enabled", "consecutive_failures", "failure_ratio", "min_requests", "window",
                               "base_ejection", "max_ejection", "half_open_trials", "jitter", "max_ejection_percent"]
     static let resilienceKeys = ["health", "breaker", "panic_threshold", "retry_budget", "replay",
-                                 "first_byte_timeout", "on_backend_down", "hedge_after"]
+                                 "first_byte_timeout", "on_backend_down", "hedge_after", "removed_backend_timeout"]
 
     static func buildResilience(_ f: Fields, _ r: inout YAMLReader) -> FulcrumConfig.Pool.Resilience {
         var result = FulcrumConfig.Pool.Resilience()
@@ -33,6 +33,9 @@ extension ConfigLoader {
             r.duration($0, f.path("first_byte_timeout"), in: ConfigLimits.timeout)
         }
         result.hedgeAfter = f["hedge_after"].flatMap { r.duration($0, f.path("hedge_after"), in: ConfigLimits.timeout) }
+        result.removedBackendTimeout = f["removed_backend_timeout"].flatMap {
+            r.duration($0, f.path("removed_backend_timeout"), in: ConfigLimits.timeout)
+        }
         if let node = f["on_backend_down"], let text = r.scalar(node, f.path("on_backend_down"), expecting: "keep or close") {
             if let value = FulcrumConfig.OnBackendDown(rawValue: text) {
                 result.onBackendDown = value

@@ -75,6 +75,9 @@ extension FulcrumConfig.Pool {
         public var onBackendDown = FulcrumConfig.OnBackendDown.keep
         /// Race a second connect when the first has not completed after this long; nil: off.
         public var hedgeAfter: Duration?
+        /// After a reload (or another source) removes a backend, close its connections still open after this
+        /// long; nil: they run until they end.
+        public var removedBackendTimeout: Duration?
 
         public init() {}
     }

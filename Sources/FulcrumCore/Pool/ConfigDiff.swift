@@ -200,6 +200,7 @@ public struct ConfigDiff: Equatable, Sendable {
             ("first_byte_timeout", r.firstByteTimeout != s.firstByteTimeout),
             ("on_backend_down", r.onBackendDown != s.onBackendDown),
             ("hedge_after", r.hedgeAfter != s.hedgeAfter),
+            ("removed_backend_timeout", r.removedBackendTimeout != s.removedBackendTimeout),
         ]
         return differs.filter(\.1).map(\.0)
     }
