@@ -20,6 +20,8 @@ import Logging
 public final class Engine {
     public let config: FulcrumConfig
     private var logger: Logger
+    /// `--upgrade-from`: the upgrade socket of a running process whose listening sockets to take over.
+    public var upgradeFrom: String?
 
     enum Phase { case starting, serving, draining, stopping }
 
@@ -66,6 +68,7 @@ public final class Engine {
         var phase = Phase.starting
         var senders: [WakeupSender] = []
         var checker: HealthChecker?
+        var handover: HandoverServer?
         let forcedStop = Timer(base: base) { base.exit() }
         let onSignal: (Int32) -> Void = { [logger, config] number in
             let name = number == SIGTERM ? "SIGTERM" : "SIGINT"
@@ -75,6 +78,8 @@ public final class Engine {
                     "drain_timeout": "\(config.drainTimeout.configText)",
                 ])
                 checker?.stop()
+                handover?.close()
+                ServiceNotify.stopping(logger: logger)
                 if phase == .starting { base.exit() }
                 phase = .draining
                 for sender in senders { sender.send(WorkerCommand.drain.rawValue) }
@@ -95,7 +100,8 @@ public final class Engine {
             logger.warning("SIGHUP received: reloading the configuration is not supported yet; nothing changed, restart to apply a new file")
         })
 
-        let sockets = try bindListeners(workers: workers)
+        let takeover = try upgradeFrom.map { path throws(SystemError) in try Takeover(path: path, logger: logger) }
+        let sockets = try takeover == nil ? bindListeners(workers: workers) : takeover!.listeners(config, workers: workers)
         let pidFile: PidFile?
         do throws(SystemError) {
             pidFile = try config.pidFile.map { path throws(SystemError) in try PidFile.write(path) }
@@ -148,7 +154,7 @@ public final class Engine {
         }
         var threads: [LoopThread] = []
         for id in 0..<workers {
-            let plan = WorkerPlan(id: id, config: config, listenerFDs: sockets.map { $0[id] }, wakeup: pipes[id],
+            let plan = WorkerPlan(id: id, config: config, listenerFDs: sockets.map { Handover.share($0, worker: id, workers: workers) }, wakeup: pipes[id],
                                   allWorkers: senders, engineSender: enginePipe.sender, pools: pools, seed: seed,
                                   logger: logger)
             threads.append(LoopThread.spawn(name: "fulcrum-w\(id)", blockedSignals: Engine.workerBlockedSignals) {
@@ -161,6 +167,7 @@ public final class Engine {
         ]
         if health.hasTargets { ready["first_checks"] = "\(health.summary)" }
         logger.info("fulcrum ready", metadata: ready)
+        handover = Handover.serving(config: config, takeover: takeover, base: base, sockets: sockets, logger: logger)
         base.run()
         health.stop()
 

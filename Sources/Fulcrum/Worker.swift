@@ -29,8 +29,9 @@ struct WorkerStats {
 struct WorkerPlan: Sendable {
     var id: Int
     var config: FulcrumConfig
-    /// This worker's own listening socket for each listener, in config order.
-    var listenerFDs: [Int32]
+    /// This worker's own listening sockets for each listener, in config order: one each, or more after a
+    /// takeover from a process that had more workers (see `Handover.share`).
+    var listenerFDs: [[Int32]]
     /// This worker's commands; the engine owns the pipe and closes it after every worker has ended.
     var wakeup: WakeupPipe
     /// Every worker's wakeup, to tell the others that a backend slot was freed.
@@ -77,15 +78,17 @@ final class Worker {
         }
         for (index, listener) in config.listeners.enumerated() {
             let pool = pools.first { $0.config.name == listener.pool }!
-            listeners.append(Listener(base: base, fd: plan.listenerFDs[index], onAccept: { [unowned self] fd, peer in
-                self.accept(fd, peer: peer, pool: pool)
-            }, onError: { [unowned self] pause in
-                self.logger.error("accept failed, pausing accepts", metadata: [
-                    "listener": "\(listener.name)", "error": "\(pause.error)",
-                    "pause": "\(Duration.microseconds(pause.microseconds).configText)",
-                    "failures_in_a_row": "\(pause.failuresInARow)",
-                ])
-            }))
+            for fd in plan.listenerFDs[index] {
+                listeners.append(Listener(base: base, fd: fd, onAccept: { [unowned self] fd, peer in
+                    self.accept(fd, peer: peer, pool: pool)
+                }, onError: { [unowned self] pause in
+                    self.logger.error("accept failed, pausing accepts", metadata: [
+                        "listener": "\(listener.name)", "error": "\(pause.error)",
+                        "pause": "\(Duration.microseconds(pause.microseconds).configText)",
+                        "failures_in_a_row": "\(pause.failuresInARow)",
+                    ])
+                }))
+            }
         }
         wakeup = WakeupReceiver(base: base, pipe: plan.wakeup) { [unowned self] byte in
             switch WorkerCommand(rawValue: byte) {

@@ -18,6 +18,7 @@ enum Plan {
         lines.append("drain_timeout:  \(config.drainTimeout.configText)")
         lines.append("buffer_size:    \(sizeText(config.bufferSize))")
         lines.append("pid_file:       \(config.pidFile ?? "off")")
+        lines.append("upgrade_socket: \(config.upgradeSocket ?? "off")")
         lines.append("")
         for listener in config.listeners {
             lines.append("listener \(listener.name): \(listener.address) -> pool \(listener.pool) (backlog \(listener.backlog))")
