@@ -22,6 +22,8 @@ public final class Engine {
     /// The file SIGHUP re-reads.
     public let configPath: String?
     private var logger: Logger
+    /// `--upgrade-from`: the upgrade socket of a running process whose listening sockets to take over.
+    public var upgradeFrom: String?
 
     enum Phase { case starting, serving, draining, stopping }
 
@@ -71,6 +73,7 @@ public final class Engine {
         var phase = Phase.starting
         var senders: [WakeupSender] = []
         var checker: HealthChecker?
+        var handover: HandoverServer?
         var live: LiveState?
         var reloadPending = false
         let forcedStop = Timer(base: base) { base.exit() }
@@ -82,6 +85,8 @@ public final class Engine {
                     "drain_timeout": "\(live?.config.drainTimeout.configText ?? config.drainTimeout.configText)",
                 ])
                 checker?.stop()
+                handover?.close()
+                ServiceNotify.stopping(logger: logger)
                 if phase == .starting { base.exit() }
                 phase = .draining
                 for sender in senders { sender.send(WorkerCommand.drain.rawValue) }
@@ -108,7 +113,9 @@ public final class Engine {
                 reloadPending = true
             case .serving:
                 logger.info("SIGHUP received: reloading the configuration", metadata: ["config": "\(configPath)"])
+                ServiceNotify.reloading(logger: logger)
                 live?.reload(path: configPath)
+                ServiceNotify.reloaded(logger: logger)
             case .draining, .stopping:
                 logger.warning("SIGHUP received while stopping: not reloading")
             }
@@ -124,7 +131,8 @@ public final class Engine {
         let reports = Mailbox<EngineReport> { engineSender.send(Engine.reportPosted) }
         let state = LiveState(config: config, workers: workers, mailboxes: mailboxes, logger: logger)
         live = state
-        try state.bindListeners()
+        let takeover = try upgradeFrom.map { path throws(SystemError) in try Takeover(path: path, logger: logger) }
+        try state.bindListeners(takeover: takeover)
         let pidFile: PidFile?
         do throws(SystemError) {
             pidFile = try config.pidFile.map { path throws(SystemError) in try PidFile.write(path) }
@@ -193,6 +201,8 @@ public final class Engine {
         ]
         if health.hasTargets { ready["first_checks"] = "\(health.summary)" }
         logger.info("fulcrum ready", metadata: ready)
+        handover = Handover.serving(config: config, takeover: takeover, base: base, sockets: { state.listenerSockets },
+                                    logger: logger)
         if reloadPending, let configPath {
             reloadPending = false
             state.reload(path: configPath)

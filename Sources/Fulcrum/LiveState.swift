@@ -40,7 +40,9 @@ final class LiveState {
     struct BoundListener {
         var config: FulcrumConfig.Listener
         var endpoint: Endpoint
-        /// One listening socket per worker (SO_REUSEPORT); each worker owns and closes its own.
+        /// The listening sockets (SO_REUSEPORT): one per worker, or more after a takeover from a process
+        /// that had more workers (`Handover.share` says which worker takes which); each worker owns and
+        /// closes its own.
         var fds: [Int32]
 
         /// Whether these sockets are bound where `listener` asks: the same configured address, or the
@@ -60,8 +62,17 @@ final class LiveState {
 
     // MARK: - Start
 
-    /// Binds every listener of the configuration; on failure closes what it bound and throws.
-    func bindListeners() throws(SystemError) {
+    /// Binds every listener of the configuration, or takes over the sockets a running process hands
+    /// over; on failure closes what it bound and throws.
+    func bindListeners(takeover: Takeover?) throws(SystemError) {
+        if let takeover {
+            let all = try takeover.listeners(config, workers: workers)
+            for (listener, fds) in zip(config.listeners, all) {
+                let endpoint = (try? Socket.localEndpoint(fds[0])) ?? Endpoint(listener.address)
+                bound[listener.name] = BoundListener(config: listener, endpoint: endpoint, fds: fds)
+            }
+            return
+        }
         var result: [String: BoundListener] = [:]
         do throws(SystemError) {
             for listener in config.listeners { result[listener.name] = try bind(listener, in: config) }
@@ -243,10 +254,12 @@ final class LiveState {
     }
 
     private func assignments(for worker: Int) -> [ListenerAssignment] {
-        config.listeners.compactMap { listener in
+        config.listeners.flatMap { listener -> [ListenerAssignment] in
             guard let sockets = bound[listener.name], let pool = pools.firstIndex(where: { $0.name == listener.pool })
-            else { return nil }
-            return ListenerAssignment(fd: sockets.fds[worker], listener: listener.name, pool: pool)
+            else { return [] }
+            return Handover.share(sockets.fds, worker: worker, workers: workers).map {
+                ListenerAssignment(fd: $0, listener: listener.name, pool: pool)
+            }
         }
     }
 
@@ -273,6 +286,8 @@ final class LiveState {
         }
     }
 
-    /// The listening sockets by listener, for a process that takes over.
-    var listenerSockets: [BoundListener] { config.listeners.compactMap { bound[$0.name] } }
+    /// Every listener with its listening sockets, for a process that takes over.
+    var listenerSockets: [(FulcrumConfig.Listener, [Int32])] {
+        config.listeners.compactMap { listener in bound[listener.name].map { (listener, $0.fds) } }
+    }
 }

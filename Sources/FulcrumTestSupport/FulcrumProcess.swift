@@ -85,13 +85,15 @@ public final class FulcrumProcess: @unchecked Sendable {
 
     /// Starts `fulcrum run` on `yaml` and waits (at most `timeout` seconds) until it has logged
     /// `readyLine` (nil: does not wait). `launcher` runs before it (e.g. `["prlimit", "--nofile=48:48"]`,
-    /// which executes fulcrum in its own process); `environment` is added to the test's own.
+    /// which executes fulcrum in its own process); `environment` is added to the test's own; `arguments`
+    /// follow `run --config FILE` (e.g. `["--upgrade-from", path]`).
     public init(config yaml: String, timeout: Double = 20, launcher: [String] = [],
-                environment: [String: String] = [:], readyLine: String? = "fulcrum ready") throws {
+                environment: [String: String] = [:], arguments: [String] = [],
+                readyLine: String? = "fulcrum ready") throws {
         directory = try TemporaryDirectory()
         let path = try directory.write("fulcrum.yaml", yaml)
         configPath = path
-        let command = [fulcrumExecutable().path, "run", "--config", path]
+        let command = [fulcrumExecutable().path, "run", "--config", path] + arguments
         if launcher.isEmpty {
             process.executableURL = fulcrumExecutable()
             process.arguments = Array(command.dropFirst())

@@ -22,7 +22,7 @@ struct FulcrumCommand: ParsableCommand {
           fulcrum reload --config examples/quickstart.yaml  # validate, then make the running process re-read it
         """,
         version: version,
-        subcommands: [Run.self, Check.self, Reload.self],
+        subcommands: [Run.self, Check.self, Reload.self, Upgrade.self],
         defaultSubcommand: nil
     )
 }
@@ -40,10 +40,17 @@ extension FulcrumCommand {
             On the first SIGTERM or SIGINT Fulcrum stops accepting, lets open connections finish for up to \
             drain_timeout, and exits 0; a signal during start-up stops it the same way. A second signal \
             closes every open connection at once and exits with status 1.
+
+            With --upgrade-from, Fulcrum first takes over the listening sockets of the process serving that \
+            upgrade_socket (see `fulcrum upgrade`); once its own workers run, that process drains and exits.
             """
         )
 
         @OptionGroup var options: ConfigOption
+
+        @Option(help: ArgumentHelp("Take over the listening sockets of the running process that serves this upgrade_socket.",
+                                   valueName: "path"))
+        var upgradeFrom: String?
 
         @Option(help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error or critical.",
                                    valueName: "level"))
@@ -75,9 +82,12 @@ extension FulcrumCommand {
             logger.info("starting", metadata: ["version": "\(FulcrumCommand.version)", "config": "\(options.config)"])
             let status: Int32
             do {
-                status = try Engine(config: config, configPath: options.config, logger: logger).run()
+                let engine = Engine(config: config, configPath: options.config, logger: logger)
+                engine.upgradeFrom = upgradeFrom
+                status = try engine.run()
             } catch {
-                logger.critical("not starting: \(error)")
+                let unchanged = upgradeFrom.map { "; the process serving \($0), if any, goes on serving unchanged" } ?? ""
+                logger.critical("not starting: \(error)\(unchanged)")
                 throw ExitCode(1)
             }
             // Everything is drained and joined: leave without running exit-time destructors of the

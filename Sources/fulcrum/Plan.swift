@@ -16,7 +16,7 @@ enum Plan {
         case .count(let n): workers = "\(n)"
         }
         // A reload applies everything else; these keep the running process's value (`ConfigDiff.needsRestart`).
-        let restart = [workers, sizeText(config.bufferSize), config.pidFile ?? "off"]
+        let restart = [workers, sizeText(config.bufferSize), config.pidFile ?? "off", config.upgradeSocket ?? "off"]
         let width = restart.map(\.count).max()!
         func needsRestart(_ value: String) -> String {
             value + String(repeating: " ", count: width - value.count) + "  (a reload keeps the running value; restart to change)"
@@ -26,6 +26,7 @@ enum Plan {
             "drain_timeout:  \(config.drainTimeout.configText)",
             "buffer_size:    \(needsRestart(restart[1]))",
             "pid_file:       \(needsRestart(restart[2]))",
+            "upgrade_socket: \(needsRestart(restart[3]))",
             "",
         ]
         for listener in config.listeners {

@@ -246,6 +246,22 @@ private let threeBackends = """
         #expect(ConfigDiff(from: running, to: applied).restartKeys.isEmpty)
     }
 
+    /// `upgrade_socket` is where the running process serves its listening sockets to the next one: a
+    /// reload cannot move it (a takeover in progress would lose its peer), so it needs a restart.
+    @Test func upgradeSocketNeedsARestartAndKeepsTheRunningValue() throws {
+        let running = try load(appFile(backends: threeBackends, top: "upgrade_socket: /run/fulcrum/a.sock"))
+        let loaded = try load(appFile(backends: threeBackends, top: "upgrade_socket: /run/fulcrum/b.sock"))
+        let diff = ConfigDiff(from: running, to: loaded)
+        #expect(diff.changes == [.needsRestart(key: "upgrade_socket", running: "/run/fulcrum/a.sock", loaded: "/run/fulcrum/b.sock")])
+        #expect(diff.restartKeys == ["upgrade_socket"])
+        #expect(running.reloaded(to: loaded).upgradeSocket == "/run/fulcrum/a.sock")
+        let off = try load(appFile(backends: threeBackends))
+        #expect(ConfigDiff(from: off, to: running).changes == [
+            .needsRestart(key: "upgrade_socket", running: "off", loaded: "/run/fulcrum/a.sock"),
+        ])
+        #expect(ConfigDiff(from: running, to: running).changes.isEmpty)
+    }
+
     // MARK: - Order
 
     @Test func everythingAtOnceComesInApplyOrderEveryTime() throws {

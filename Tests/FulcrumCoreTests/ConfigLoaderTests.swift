@@ -556,4 +556,32 @@ extension ConfigLoaderTests {
         """, file: "ok.yaml")
         #expect(config.pidFile == "/run/fulcrum.pid")
     }
+
+    @Test func upgradeSocketMustNameAUsableSocketFile() throws {
+        func problems(_ value: String) -> [ConfigDiagnostic] {
+            diagnostics("""
+            pid_file: /run/fulcrum/fulcrum.pid
+            upgrade_socket: \(value)
+            listeners:
+              - {name: a, listen: 127.0.0.1:7000, pool: app}
+            \(onePool)
+            """)
+        }
+        for bad in ["/run/fulcrum/", "'@abstract'", "/run/fulcrum/fulcrum.pid", "/" + String(repeating: "x", count: 107)] {
+            let found = problems(bad)
+            #expect(found.count == 1 && found.first?.line == 2 && found.first?.keyPath == "upgrade_socket", "\(bad): \(found)")
+            #expect(found.first?.hint?.contains("upgrade_socket: /run/fulcrum/upgrade.sock") == true)
+        }
+        #expect(problems("/" + String(repeating: "x", count: 107)).first?.message.contains("at most 107") == true)
+        #expect(problems("/run/fulcrum/fulcrum.pid").first?.message.contains("also the pid_file") == true)
+        let config = try ConfigLoader.load(text: """
+        upgrade_socket: /run/fulcrum/upgrade.sock
+        listeners:
+          - {name: a, listen: 127.0.0.1:7000, pool: app}
+        \(onePool)
+        """, file: "ok.yaml")
+        #expect(config.upgradeSocket == "/run/fulcrum/upgrade.sock")
+        let off = try ConfigLoader.load(text: "listeners:\n  - {name: a, listen: 127.0.0.1:7000, pool: app}\n\(onePool)", file: "ok.yaml")
+        #expect(off.upgradeSocket == nil)
+    }
 }

@@ -16,14 +16,17 @@ public struct FulcrumConfig: Equatable, Sendable {
     public var pools: [Pool]
     /// Where to write the process id once the listeners are bound; removed at exit.
     public var pidFile: String?
+    /// Where a running process serves its listening sockets to a new process (binary upgrade); off if nil.
+    public var upgradeSocket: String?
 
     public static let defaultDrainTimeout: Duration = .seconds(30)
     public static let defaultBufferSize = 256 << 10
 
     public init(workers: Workers = .auto, drainTimeout: Duration = Self.defaultDrainTimeout,
                 bufferSize: Int = Self.defaultBufferSize, listeners: [Listener], pools: [Pool],
-                pidFile: String? = nil) {
+                pidFile: String? = nil, upgradeSocket: String? = nil) {
         self.pidFile = pidFile
+        self.upgradeSocket = upgradeSocket
         self.workers = workers
         self.drainTimeout = drainTimeout
         self.bufferSize = bufferSize

@@ -3,7 +3,7 @@ import Yams
 /// Parses and validates a configuration file's text into a `FulcrumConfig`, or throws a `ConfigError`
 /// listing every problem at once. Reads no files itself: callers pass the text and the name to report.
 public enum ConfigLoader {
-    static let topKeys = ["workers", "drain_timeout", "buffer_size", "pid_file", "listeners", "pools"]
+    static let topKeys = ["workers", "drain_timeout", "buffer_size", "pid_file", "upgrade_socket", "listeners", "pools"]
     static let listenerKeys = ["name", "listen", "pool", "backlog"]
     static let poolKeys = ["backends", "balance", "connect_timeout", "idle_timeout", "retries", "slow_start", "queue"]
         + resilienceKeys
@@ -60,10 +60,27 @@ public enum ConfigLoader {
             }
         }
 
+        var upgradeSocket: String?
+        if let node = top["upgrade_socket"], let path = r.scalar(node, "upgrade_socket", expecting: "a socket file path") {
+            // sockaddr_un holds 108 bytes, the terminating zero included.
+            if path.isEmpty || path.hasSuffix("/") || path.contains("\0") || path.hasPrefix("@") {
+                r.report(node, "upgrade_socket", "'\(path)' is not a file path",
+                         hint: "name a file for a Unix socket, e.g. upgrade_socket: /run/fulcrum/upgrade.sock")
+            } else if path.utf8.count > 107 {
+                r.report(node, "upgrade_socket", "the path is \(path.utf8.count) bytes long; a Unix socket path has at most 107",
+                         hint: "use a shorter path, e.g. upgrade_socket: /run/fulcrum/upgrade.sock")
+            } else if path == pidFile {
+                r.report(node, "upgrade_socket", "'\(path)' is also the pid_file",
+                         hint: "give the upgrade socket its own file, e.g. upgrade_socket: /run/fulcrum/upgrade.sock")
+            } else {
+                upgradeSocket = path
+            }
+        }
+
         let pools = buildPools(top, &r)
         let listeners = buildListeners(top, pools: pools, &r)
         return FulcrumConfig(workers: workers, drainTimeout: drain, bufferSize: bufferSize,
-                             listeners: listeners, pools: pools, pidFile: pidFile)
+                             listeners: listeners, pools: pools, pidFile: pidFile, upgradeSocket: upgradeSocket)
     }
 
     /// Two listen addresses of one family on one port, one of them the wildcard (0.0.0.0 or [::]): the

@@ -137,6 +137,10 @@ public struct ConfigDiff: Equatable, Sendable {
         if running.pidFile != loaded.pidFile {
             changes.append(.needsRestart(key: "pid_file", running: running.pidFile ?? "off", loaded: loaded.pidFile ?? "off"))
         }
+        if running.upgradeSocket != loaded.upgradeSocket {
+            changes.append(.needsRestart(key: "upgrade_socket", running: running.upgradeSocket ?? "off",
+                                         loaded: loaded.upgradeSocket ?? "off"))
+        }
         if running.drainTimeout != loaded.drainTimeout {
             changes.append(.drainTimeoutChanged(from: running.drainTimeout, to: loaded.drainTimeout))
         }
@@ -242,12 +246,13 @@ public struct ConfigDiff: Equatable, Sendable {
 
 extension FulcrumConfig {
     /// The configuration a reload to `loaded` runs: `loaded`, except for the values that need a restart
-    /// (`workers`, `buffer_size`, `pid_file`), which keep their running value.
+    /// (`workers`, `buffer_size`, `pid_file`, `upgrade_socket`), which keep their running value.
     public func reloaded(to loaded: FulcrumConfig) -> FulcrumConfig {
         var result = loaded
         result.workers = workers
         result.bufferSize = bufferSize
         result.pidFile = pidFile
+        result.upgradeSocket = upgradeSocket
         return result
     }
 }
