@@ -77,19 +77,24 @@ public final class Engine {
         var live: LiveState?
         var reloadPending = false
         let forcedStop = Timer(base: base) { base.exit() }
-        let onSignal: (Int32) -> Void = { [logger, config] number in
+        // The first stop: every worker stops accepting and drains. `stopping` tells a service manager that
+        // the service is stopping; not after a takeover, where the service goes on in the new process.
+        let drain: (_ why: String, _ stopping: Bool) -> Void = { [logger, config] why, stopping in
+            logger.info("\(why)", metadata: [
+                "drain_timeout": "\(live?.config.drainTimeout.configText ?? config.drainTimeout.configText)",
+            ])
+            checker?.stop()
+            handover?.close()
+            if stopping { ServiceNotify.stopping(logger: logger) }
+            if phase == .starting { base.exit() }
+            phase = .draining
+            for sender in senders { sender.send(WorkerCommand.drain.rawValue) }
+        }
+        let onSignal: (Int32) -> Void = { [logger] number in
             let name = number == SIGTERM ? "SIGTERM" : "SIGINT"
             switch phase {
             case .starting, .serving:
-                logger.info("\(name) received: stopping", metadata: [
-                    "drain_timeout": "\(live?.config.drainTimeout.configText ?? config.drainTimeout.configText)",
-                ])
-                checker?.stop()
-                handover?.close()
-                ServiceNotify.stopping(logger: logger)
-                if phase == .starting { base.exit() }
-                phase = .draining
-                for sender in senders { sender.send(WorkerCommand.drain.rawValue) }
+                drain("\(name) received: stopping", true)
             case .draining:
                 logger.warning("second \(name): closing every connection and exiting with status 1")
                 phase = .stopping
@@ -200,9 +205,13 @@ public final class Engine {
             "workers": "\(workers)", "event_method": "\(base.method)", "file_limit": "\(fileLimit)",
         ]
         if health.hasTargets { ready["first_checks"] = "\(health.summary)" }
-        logger.info("fulcrum ready", metadata: ready)
+        // The upgrade socket is served before `fulcrum ready` is logged, so a new process started on that
+        // line finds it.
         handover = Handover.serving(config: config, takeover: takeover, base: base, sockets: { state.listenerSockets },
-                                    logger: logger)
+                                    logger: logger) {
+            if phase == .serving { drain("upgrade: a new process serves every listener; draining", false) }
+        }
+        logger.info("fulcrum ready", metadata: ready)
         if reloadPending, let configPath {
             reloadPending = false
             state.reload(path: configPath)

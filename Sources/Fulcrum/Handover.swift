@@ -258,15 +258,13 @@ extension Handover {
     /// then the old process that it may drain; then serves `upgrade_socket` for the next upgrade. A
     /// socket that cannot be served is logged, not fatal: the process serves its clients regardless.
     static func serving(config: FulcrumConfig, takeover: Takeover?, base: EventBase,
-                        sockets: @escaping () -> [(FulcrumConfig.Listener, [Int32])], logger: Logger) -> HandoverServer? {
+                        sockets: @escaping () -> [(FulcrumConfig.Listener, [Int32])], logger: Logger,
+                        onTakenOver: @escaping () -> Void) -> HandoverServer? {
         ServiceNotify.ready(takeover: takeover != nil, logger: logger)
         takeover?.finish()
         guard let path = config.upgradeSocket else { return nil }
         do throws(SystemError) {
-            return try HandoverServer(base: base, path: path, sockets: sockets, logger: logger) {
-                // Exactly the first-SIGTERM path (stop accepting, drain up to drain_timeout, exit 0).
-                kill(getpid(), SIGTERM)
-            }
+            return try HandoverServer(base: base, path: path, sockets: sockets, logger: logger, onTakenOver: onTakenOver)
         } catch {
             logger.error("upgrade_socket: cannot serve it; binary upgrades are off until a restart", metadata: [
                 "path": "\(path)", "error": "\(error)",

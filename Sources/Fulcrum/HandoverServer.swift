@@ -179,7 +179,7 @@ final class HandoverServer {
             return
         }
         let pid = peer.pid
-        logger.info("upgrade: the new process is ready; draining as on SIGTERM", metadata: ["pid": "\(pid)"])
+        logger.info("upgrade: the new process is ready", metadata: ["pid": "\(pid)"])
         if let requester { try? Handover.send(requester.fd, ["ready", "\(pid)"]) }
         spawnedPID = nil
         // The file goes before the answer: the new process serves the same path once it has the answer.
