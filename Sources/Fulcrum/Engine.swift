@@ -118,9 +118,7 @@ public final class Engine {
                 reloadPending = true
             case .serving:
                 logger.info("SIGHUP received: reloading the configuration", metadata: ["config": "\(configPath)"])
-                ServiceNotify.reloading(logger: logger)
                 live?.reload(path: configPath)
-                ServiceNotify.reloaded(logger: logger)
             case .draining, .stopping:
                 logger.warning("SIGHUP received while stopping: not reloading")
             }
@@ -134,16 +132,20 @@ public final class Engine {
         let mailboxes = senders.map { sender in Mailbox<WorkerMessage> { sender.send(WorkerCommand.mail.rawValue) } }
         let engineSender = enginePipe.sender
         let reports = Mailbox<EngineReport> { engineSender.send(Engine.reportPosted) }
-        let state = LiveState(config: config, workers: workers, mailboxes: mailboxes, logger: logger)
+        let state = LiveState(config: config, workers: workers, mailboxes: mailboxes, base: base, logger: logger)
         live = state
         let takeover = try upgradeFrom.map { path throws(SystemError) in try Takeover(path: path, logger: logger) }
         try state.bindListeners(takeover: takeover)
-        let pidFile: PidFile?
-        do throws(SystemError) {
-            pidFile = try config.pidFile.map { path throws(SystemError) in try PidFile.write(path) }
-        } catch {
-            state.closeListeners()
-            throw error
+        // After a takeover the pid file changes hands only once this process serves: a new process that
+        // fails before that leaves the running one's file alone.
+        var pidFile: PidFile?
+        if takeover == nil {
+            do throws(SystemError) {
+                pidFile = try config.pidFile.map { path throws(SystemError) in try PidFile.write(path) }
+            } catch {
+                state.closeListeners()
+                throw error
+            }
         }
         defer { pidFile?.remove() }
         let seed = UInt64(truncatingIfNeeded: base.monotonicMicroseconds) ^ UInt64(getpid())
@@ -210,6 +212,13 @@ public final class Engine {
         handover = Handover.serving(config: config, takeover: takeover, base: base, sockets: { state.listenerSockets },
                                     logger: logger) {
             if phase == .serving { drain("upgrade: a new process serves every listener; draining", false) }
+        }
+        if takeover != nil, let path = config.pidFile {
+            do throws(SystemError) {
+                pidFile = try PidFile.write(path)
+            } catch {
+                logger.error("pid_file: \(error); serving without it", metadata: ["path": "\(path)"])
+            }
         }
         logger.info("fulcrum ready", metadata: ready)
         if reloadPending, let configPath {

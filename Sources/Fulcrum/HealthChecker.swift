@@ -18,6 +18,8 @@ final class HealthChecker {
     /// By pool index, then slot.
     private var targets: [[Target?]] = []
     private var started = false
+    /// Who waits for a pool's backends to have their first verdicts (`whenChecked`).
+    private var checkedWaiters: [(pool: Int, done: () -> Void)] = []
     /// Targets still waiting for their first verdict, and what to call once none is.
     private var awaitingFirstVerdict = 0
     private var firstRoundDone: (() -> Void)?
@@ -34,7 +36,13 @@ final class HealthChecker {
         var timer: Timer?
         /// Probed now (listed, in a pool with checks).
         var probing = false
+        /// Counts the times probing stopped: a probe still in flight from before the last stop is ignored.
+        var epoch = 0
         var judged = false
+        /// Has had a verdict since it was last (re)started.
+        var hasVerdict = false
+        /// The backend's incarnation (see `LiveBackend.incarnation`) the state belongs to.
+        var incarnation = 0
 
         init(pool: Int, slot: Int, poolName: String, address: SocketAddress, health: FulcrumConfig.Health, seed: UInt64) {
             self.pool = pool
@@ -48,12 +56,14 @@ final class HealthChecker {
                                      random: FastRandom(seed: seed))
         }
 
-        /// New check settings: the state so far carries on.
-        func replace(_ health: FulcrumConfig.Health, seed: UInt64) {
+        /// New check settings: the state so far carries on, unless `fresh` (checks turned back on, or a
+        /// backend that came back as a new incarnation): then it starts unknown.
+        func replace(_ health: FulcrumConfig.Health, seed: UInt64, fresh: Bool = false) {
             self.health = health
-            state = ActiveHealth(rise: health.rise, fall: health.fall, initial: state.state)
+            state = ActiveHealth(rise: health.rise, fall: health.fall, initial: fresh ? .unknown : state.state)
             schedule = ProbeSchedule(interval: health.interval, downInterval: health.downInterval, jitter: health.jitter,
                                      random: FastRandom(seed: seed))
+            if fresh { hasVerdict = false }
         }
     }
 
@@ -88,17 +98,22 @@ final class HealthChecker {
             let existing = targets[pool.index][slot]
             guard let health, backend.listed else {
                 if let existing, existing.probing { stopProbing(existing) }
+                // With the pool's checks off, what they said no longer holds: turned back on, they start
+                // over. A removed backend keeps its state, in case it is listed again while it drains.
+                if health == nil, let existing { existing.replace(existing.health, seed: targetSeed(pool, slot), fresh: true) }
                 continue
             }
-            let targetSeed = StableHash.mix(seed &+ UInt64(pool.index << 20 | slot))
             let target: Target
             if let existing {
                 target = existing
                 target.poolName = pool.name
-                if target.health != health { target.replace(health, seed: targetSeed) }
+                let fresh = target.incarnation != backend.incarnation
+                if fresh || target.health != health { target.replace(health, seed: targetSeed(pool, slot), fresh: fresh) }
+                target.incarnation = backend.incarnation
             } else {
                 target = Target(pool: pool.index, slot: slot, poolName: pool.name, address: backend.id.address,
-                                health: health, seed: targetSeed)
+                                health: health, seed: targetSeed(pool, slot))
+                target.incarnation = backend.incarnation
                 targets[pool.index][slot] = target
                 // Only the targets known at start hold the first round back.
                 target.judged = started
@@ -107,6 +122,17 @@ final class HealthChecker {
             target.probing = true
             if started { startProbing(target) }
         }
+    }
+
+    private func targetSeed(_ pool: LivePool, _ slot: Int) -> UInt64 {
+        StableHash.mix(seed &+ UInt64(pool.index << 20 | slot))
+    }
+
+    /// Calls `done` once every backend of the pool that is probed has had a verdict since it started
+    /// (at once if none is waiting for one).
+    func whenChecked(pool: Int, _ done: @escaping () -> Void) {
+        let waiting = pool < targets.count && targets[pool].contains { $0?.probing == true && $0?.hasVerdict == false }
+        if waiting { checkedWaiters.append((pool, done)) } else { done() }
     }
 
     /// Probes every target now, then on its schedule. `firstRoundDone` is called once every target has
@@ -132,15 +158,17 @@ final class HealthChecker {
 
     private func stopProbing(_ target: Target) {
         target.probing = false
+        target.epoch += 1
         target.timer?.cancel()
         target.timer = nil
     }
 
     private func probe(_ target: Target) {
         let (send, expectsReply, judge) = Self.plan(target.health.check, host: "\(target.address)")
+        let epoch = target.epoch
         Probe.start(base: base, endpoint: target.endpoint, timeoutMicroseconds: target.health.timeout.inMicroseconds,
                     send: send, expectsReply: expectsReply, judge: judge) { [weak self, weak target] verdict in
-            guard let self, let target, target.timer != nil else { return }
+            guard let self, let target, target.timer != nil, target.epoch == epoch else { return }
             self.record(target, verdict)
         }
     }
@@ -172,6 +200,13 @@ final class HealthChecker {
             report(target.pool, target.slot, target.state.state, success, reason)
         }
         target.timer?.schedule(after: target.schedule.nextDelay(for: target.state.state))
+        if !target.hasVerdict {
+            target.hasVerdict = true
+            if checkedWaiters.contains(where: { $0.pool == target.pool }) {
+                let pool = target.pool
+                whenAllChecked(pool)
+            }
+        }
         if !target.judged {
             target.judged = true
             awaitingFirstVerdict -= 1
@@ -180,6 +215,13 @@ final class HealthChecker {
                 done()
             }
         }
+    }
+
+    private func whenAllChecked(_ pool: Int) {
+        guard !targets[pool].contains(where: { $0?.probing == true && $0?.hasVerdict == false }) else { return }
+        let ready = checkedWaiters.filter { $0.pool == pool }
+        checkedWaiters.removeAll { $0.pool == pool }
+        for waiter in ready { waiter.done() }
     }
 
     static func name(_ check: FulcrumConfig.Health.Check) -> String {

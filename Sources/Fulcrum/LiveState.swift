@@ -1,5 +1,6 @@
 import EventLoop
 import FulcrumCore
+import Glibc
 import Logging
 
 /// The process's running state, owned by the main loop: the configuration in effect, each pool's live
@@ -34,6 +35,13 @@ final class LiveState {
     private(set) var reloadsFailed = 0
     /// The generation whose application by every worker is still to be logged, and what it was.
     private var pendingApply: (generation: Int, what: String)?
+    /// Listeners whose pool a reload added with active checks, held until its backends' first checks
+    /// (like a start, and like Envoy's cluster warming): the pool each accepts for meanwhile (its previous
+    /// one), or nil for a new listener, whose clients wait in the kernel's accept queue.
+    private var held: [String: Int?] = [:]
+    /// Ends every hold after `Engine.firstChecksWaitMicroseconds`, as a start waits no longer.
+    private var holdTimer: Timer?
+    private let base: EventBase
     private var logger: Logger
     weak var health: HealthChecker?
 
@@ -52,8 +60,9 @@ final class LiveState {
         }
     }
 
-    init(config: FulcrumConfig, workers: Int, mailboxes: [Mailbox<WorkerMessage>], logger: Logger) {
+    init(config: FulcrumConfig, workers: Int, mailboxes: [Mailbox<WorkerMessage>], base: EventBase, logger: Logger) {
         self.config = config
+        self.base = base
         self.workers = workers
         self.mailboxes = mailboxes
         self.logger = logger
@@ -108,14 +117,21 @@ final class LiveState {
     /// Re-reads the file and applies what changed, as a diff: nothing is restarted, no connection is cut.
     /// An invalid file, or a new listener that cannot be bound, changes nothing.
     func reload(path: String) {
+        ServiceNotify.reloading(logger: logger)
         let loaded: FulcrumConfig
         do {
             loaded = try ConfigFile.load(path: path)
         } catch {
             reloadsFailed += 1
-            logger.error("reload failed: the configuration is invalid; nothing changed, the running configuration stays\n\(error)", metadata: [
+            // One log entry per error, each as `fulcrum check` prints it, for log pipelines that read lines.
+            let lines = "\(error)".split(separator: "\n").map { String($0.drop { $0 == " " }) }
+            logger.error("reload failed: the configuration is invalid; nothing changed, the running configuration stays", metadata: [
                 "config": "\(path)", "reloads_failed": "\(reloadsFailed)",
             ])
+            for line in lines where !line.isEmpty && !line.hasSuffix("error:") && !line.hasSuffix("errors:") {
+                logger.error("reload failed: \(line)", metadata: ["config": "\(path)"])
+            }
+            ServiceNotify.reloaded(logger: logger)
             return
         }
         let diff = ConfigDiff(from: config, to: loaded)
@@ -133,16 +149,27 @@ final class LiveState {
             logger.error("reload failed: \(error); nothing changed, the running configuration stays", metadata: [
                 "config": "\(path)", "reloads_failed": "\(reloadsFailed)",
             ])
+            if error.errno == EADDRINUSE {
+                logger.error("reload failed: an address in use by one of this process's own listeners (a wildcard and a specific address on one port) is changed in two reloads, through another port, or by a restart", metadata: [
+                    "config": "\(path)",
+                ])
+            }
+            ServiceNotify.reloaded(logger: logger)
             return
         }
         // Committed from here on.
         let drainTimeoutChanged = target.drainTimeout != config.drainTimeout
+        let poolCountBefore = pools.count
+        let poolOf = Dictionary(uniqueKeysWithValues: config.listeners.map { ($0.name, $0.pool) })
         config = target
         bound = listeners
         for pool in target.pools {
             if let index = pools.firstIndex(where: { $0.name == pool.name }) {
                 pools[index].retired = false
-                let full = pools[index].apply(file: pool)
+                // A backend listed again once every connection of its previous listing has ended is a new
+                // backend; one whose connections still drain is the same backend.
+                let counters = shared[index].counters
+                let full = pools[index].apply(file: pool) { slot in counters.count(slot) == 0 }
                 for address in full {
                     logger.error("reload: backend not added: the pool has had \(LivePool.maxSlots) distinct backend addresses since start; restart to add more", metadata: [
                         "pool": "\(pool.name)", "backend": "\(address)",
@@ -154,16 +181,57 @@ final class LiveState {
         }
         let names = Set(target.pools.map(\.name))
         for index in pools.indices where !names.contains(pools[index].name) { pools[index].retired = true }
-        for pool in pools { health?.update(pool) }
         reloadsSucceeded += 1
         let applying = diff.changes.filter { if case .needsRestart = $0 { return false } else { return true } }
         for change in applying { logger.info("reload: \(change)") }
+        // A pool added with active checks takes clients once its backends have had their first checks.
+        let warming = (poolCountBefore..<pools.count).filter {
+            pools[$0].settings.resilience.health != nil && !pools[$0].listed.isEmpty
+        }
+        for listener in target.listeners {
+            guard let index = poolIndex(listener.pool), warming.contains(index) else { continue }
+            held.updateValue(poolOf[listener.name].flatMap(poolIndex), forKey: listener.name)
+        }
+        // The snapshots go out first: a probe can report at once, and its verdict must follow them.
         post(to: Array(0..<workers), drainTimeout: drainTimeoutChanged ? target.drainTimeout : nil)
         logger.notice("configuration reloaded", metadata: [
             "config": "\(path)", "changes": "\(applying.count)", "generation": "\(generation)",
             "reloads": "\(reloadsSucceeded)",
         ])
         pendingApply = (generation, "reload")
+        for pool in pools { health?.update(pool) }
+        for index in warming {
+            health?.whenChecked(pool: index) { [weak self] in self?.release(pool: index) }
+        }
+        if !held.isEmpty {
+            if holdTimer == nil {
+                holdTimer = Timer(base: base) { [unowned self] in
+                    for index in Set(self.held.keys.compactMap { name in self.config.listeners.first { $0.name == name } }
+                        .compactMap { self.poolIndex($0.pool) }) {
+                        self.release(pool: index, timedOut: true)
+                    }
+                }
+            }
+            holdTimer?.schedule(after: Engine.firstChecksWaitMicroseconds)
+        }
+    }
+
+    private func poolIndex(_ name: String) -> Int? { pools.firstIndex { $0.name == name && !$0.retired } }
+
+    /// The first checks of a pool a reload added are done (or took too long): its listeners accept for it.
+    private func release(pool index: Int, timedOut: Bool = false) {
+        let names = config.listeners.filter { held[$0.name] != nil && poolIndex($0.pool) == index }.map(\.name)
+        guard !names.isEmpty else { return }
+        for name in names { held[name] = nil }
+        if held.isEmpty { holdTimer?.cancel() }
+        logger.info(timedOut ? "pool \(pools[index].name): first checks not all done in time; its listeners accept now"
+                             : "pool \(pools[index].name): first checks done; its listeners accept now", metadata: [
+            "listeners": "\(names.joined(separator: ","))",
+        ])
+        generation += 1
+        for worker in 0..<workers {
+            mailboxes[worker].post(contentsOf: [.listeners(assignments(for: worker)), .barrier(generation: generation)])
+        }
     }
 
     /// The sockets for the listeners of a new configuration: a listener whose name and address are
@@ -255,8 +323,15 @@ final class LiveState {
 
     private func assignments(for worker: Int) -> [ListenerAssignment] {
         config.listeners.flatMap { listener -> [ListenerAssignment] in
-            guard let sockets = bound[listener.name], let pool = pools.firstIndex(where: { $0.name == listener.pool })
-            else { return [] }
+            guard let sockets = bound[listener.name] else { return [] }
+            let pool: Int
+            if let hold = held[listener.name] {
+                guard let previous = hold else { return [] }
+                pool = previous
+            } else {
+                guard let index = poolIndex(listener.pool) else { return [] }
+                pool = index
+            }
             return Handover.share(sockets.fds, worker: worker, workers: workers).map {
                 ListenerAssignment(fd: $0, listener: listener.name, pool: pool)
             }
@@ -280,6 +355,7 @@ final class LiveState {
                 logger.info("\(pending.what) applied by every worker", metadata: [
                     "generation": "\(pending.generation)", "workers": "\(workers)",
                 ])
+                ServiceNotify.reloaded(logger: logger)
             }
         case .breaker(let worker, let pool, let slot, let breaker):
             pools[pool].breakerChanged(slot: slot, worker: worker, breaker)

@@ -78,6 +78,15 @@ final class PoolHealth {
         return true
     }
 
+    /// A backend that came back as a new incarnation (gone for good, then listed again) starts over:
+    /// unknown to the checks, its breaker closed with no ejection history, ramping when it turns eligible.
+    func reset(_ slot: Int) {
+        breakers[slot] = CircuitBreaker(settings: settings.resilience.breaker.settings,
+                                        random: FastRandom(seed: seed &+ UInt64(slot) &+ 0x9E37))
+        active[slot] = .unknown
+        startingUp[slot] = false
+    }
+
     /// New settings for new connections: breaker thresholds, ejection cap, panic threshold, checks on or
     /// off, retry budget. Breaker states and ejection history carry on.
     func replaceSettings(_ new: FulcrumConfig.Pool) {
@@ -213,7 +222,7 @@ final class PoolHealth {
         var changed = false
         var wentDown = false
         if state != active[slot] {
-            wentDown = state == .down
+            wentDown = state == .down && !passed
             // A backend seen down before it was ever up is recovering when it comes up: it ramps.
             if state == .down || active[slot] != .unknown { startingUp[slot] = false }
             active[slot] = state

@@ -110,6 +110,10 @@ final class PoolRuntime {
             }
             let before = slots[slot]
             guard before != entry else { continue }
+            if entry.incarnation != before.incarnation {
+                health.reset(slot)
+                healthChanged = true
+            }
             if entry.listed && !before.listed {
                 balancer.restore(slot, now: now)
                 removedSince[slot] = nil

@@ -71,6 +71,36 @@ private func file(_ backends: [FulcrumConfig.Backend], balance: BalanceStrategy 
         #expect(pool.order == [0, 1])
     }
 
+    /// The file removes only what the file listed: a backend another source (discovery) listed stays,
+    /// keeping its place after the file's backends.
+    @Test func aFileReloadLeavesBackendsOfOtherSourcesAlone() {
+        var pool = LivePool(index: 0, pool: file([backend(9001)]), workers: 1)
+        let discovered = pool.add(backend(9100), source: .discovery)
+        #expect(discovered == 1 && pool.order == [0, 1])
+        pool.apply(file: file([backend(9002)]))
+        #expect(pool.backend(address(9100))?.listed == true && pool.backend(address(9100))?.baseSource == .discovery)
+        #expect(pool.backend(address(9001))?.listed == false)
+        #expect(pool.order == [2, 1], "the file's backends first, then the discovered one")
+    }
+
+    /// A backend listed again while its connections still drain is the same backend; once they have all
+    /// ended it comes back as a new incarnation, with nothing of what was known about it.
+    @Test func aBackendGoneForGoodComesBackAsANewIncarnation() {
+        var pool = LivePool(index: 0, pool: file([backend(9001), backend(9002)]), workers: 2)
+        pool.checked(slot: 1, .down, reason: "connect refused")
+        pool.breakerChanged(slot: 1, worker: 0, BreakerReport(state: .open, since: 5, reason: "connect refused"))
+        pool.apply(file: file([backend(9001)]))
+        pool.apply(file: file([backend(9001), backend(9002)])) { _ in false }
+        var b = pool.backend(address(9002))!
+        #expect(b.incarnation == 0 && b.check == .down && b.breaker.open == 1, "still draining: the same backend")
+        pool.apply(file: file([backend(9001)]))
+        pool.apply(file: file([backend(9001), backend(9002)])) { slot in slot == 1 }
+        b = pool.backend(address(9002))!
+        #expect(b.incarnation == 1 && b.check == .unknown && b.checkReason == nil && b.breaker.isClosed)
+        #expect(pool.snapshot().slots[1].incarnation == 1)
+        #expect(pool.backend(address(9001))!.incarnation == 0, "a backend that stayed listed is not touched")
+    }
+
     @Test func aSnapshotCarriesEffectiveValuesEverySlotAndTheOrder() {
         var pool = LivePool(index: 3, pool: file([backend(9001), backend(9002, weight: 2), backend(9003)],
                                                  balance: .first), workers: 1)

@@ -84,19 +84,20 @@ extension Integration {
         }
 
         /// A reload that does not touch a backend keeps what the proxy learned about it: an ejection by the
-        /// breaker, and the verdict of the active checks (an up backend stays in rotation even though its next
-        /// check is 30 s away).
+        /// breaker, and the verdicts of the active checks (an up backend stays in rotation and a down one out,
+        /// although their next checks are 30 s away).
         @Test func aReloadKeepsBreakerAndCheckState() throws {
             let a = try BackendProcess("a")
             let resetting = try BackendProcess("r", mode: "reset")
             let extra = try BackendProcess("x")
+            let refusing = try RefusingPort()
             func file(_ extraBackend: Bool) -> String {
                 config(workers: 1, """
                   app:
                     retries: 0
                     health: {check: tcp, interval: 30s}
                     breaker: {consecutive_failures: 2, base_ejection: 60s, max_ejection_percent: 100%}
-                    backends: [127.0.0.1:\(a.port), 127.0.0.1:\(resetting.port)\(extraBackend ? ", 127.0.0.1:\(extra.port)" : "")]
+                    backends: [127.0.0.1:\(a.port), 127.0.0.1:\(resetting.port), 127.0.0.1:\(refusing.port)\(extraBackend ? ", 127.0.0.1:\(extra.port)" : "")]
                 """)
             }
             let proxy = try FulcrumProcess(config: file(false))
@@ -112,7 +113,7 @@ extension Integration {
             try proxy.reload(file(false))
             var answers: [String: Int] = [:]
             for i in 0..<40 { answers[askOnce(port, sent + i) ?? "failed", default: 0] += 1 }
-            #expect(answers == ["a": 40], "the ejected backend stays out and the checked one stays in: \(answers)")
+            #expect(answers == ["a": 40], "the ejected backend and the one down by its checks stay out, the one up stays in: \(answers)")
             #expect(proxy.logCount(containing: "breaker half-open") == 0)
         }
 
@@ -182,9 +183,9 @@ extension Integration {
               other:
                 backends: [127.0.0.1:\(c.port)]
             """
-            let twoListeners = "[{name: front, listen: 127.0.0.1:0, pool: app}, {name: side, listen: 127.0.0.1:0, pool: app}]"
-            let proxy = try FulcrumProcess(config: config(workers: 1, listeners: twoListeners, pools))
-            let (front, side) = (proxy.port("front"), proxy.port("side"))
+            let threeListeners = "[{name: front, listen: 127.0.0.1:0, pool: app}, {name: side, listen: 127.0.0.1:0, pool: app}, {name: keep, listen: 127.0.0.1:0, pool: app}]"
+            let proxy = try FulcrumProcess(config: config(workers: 1, listeners: threeListeners, pools))
+            let (front, side, keep) = (proxy.port("front"), proxy.port("side"), proxy.port("keep"))
             // Round robin over a and b: of four connections two are on b.
             let open = try (0..<4).map { i -> (TestSocket, String) in
                 let socket = try TestSocket.connect(port: i < 2 ? front : side)
@@ -195,7 +196,7 @@ extension Integration {
             let sideSockets = open[2...].map(\.0)
 
             // b removed; `side` removed; `front` moved to pool other.
-            try proxy.reload(config(workers: 1, listeners: "[{name: front, listen: 127.0.0.1:\(front), pool: other}]", """
+            try proxy.reload(config(workers: 1, listeners: "[{name: front, listen: 127.0.0.1:\(front), pool: other}, {name: keep, listen: 127.0.0.1:0, pool: app}]", """
               app:
                 backends: [127.0.0.1:\(a.port)]
               other:
@@ -209,6 +210,9 @@ extension Integration {
             var answers: [String: Int] = [:]
             for i in 0..<20 { answers[askOnce(front, i) ?? "failed", default: 0] += 1 }
             #expect(answers == ["c": 20], "the moved listener sends new connections to its new pool: \(answers)")
+            var kept: [String: Int] = [:]
+            for i in 0..<20 { kept[askOnce(keep, i) ?? "failed", default: 0] += 1 }
+            #expect(kept == ["a": 20], "the removed backend gets no new connection: \(kept)")
             #expect(throws: (any Error).self, "the removed listener accepts nothing") {
                 let socket = try TestSocket.connect(port: side, timeout: 1)
                 try socket.send("x\n")
@@ -248,6 +252,64 @@ extension Integration {
             try onA.send("a too\n")
             #expect(try onA.receiveLine() == "a:a too")
             onA.close()
+        }
+
+        /// Checks turned off and back on by reloads start over: what they said before no longer holds. A
+        /// backend that was down, then came back while checks were off, is not taken for down when they
+        /// return (with `on_backend_down: close`, that would cut its connections).
+        @Test func checksTurnedBackOnStartOver() throws {
+            let a = try BackendProcess("a"), b = try BackendProcess("b")
+            let port = b.port
+            func file(_ checks: Bool) -> String {
+                config(workers: 1, """
+                  app:
+                    on_backend_down: close
+                \(checks ? "    health: {check: tcp, interval: 100ms, rise: 3}\n" : "")    backends: [127.0.0.1:\(a.port), 127.0.0.1:\(port)]
+                """)
+            }
+            let proxy = try FulcrumProcess(config: file(true))
+            b.kill9()
+            try proxy.waitForLog(containing: "backend down")
+            try proxy.reload(file(false))
+            try b.start(port: port)
+            // A connection on b, opened while checks are off.
+            var onB: TestSocket?
+            for i in 0..<4 where onB == nil {
+                let socket = try TestSocket.connect(port: proxy.port("front"))
+                try socket.send("hello \(i)\n")
+                if try socket.receiveLine().hasPrefix("b:") { onB = socket } else { socket.close() }
+            }
+            let connection = try #require(onB, "round robin reaches b")
+            let upBefore = proxy.logCount(containing: "backend up")
+            try proxy.reload(file(true))
+            try proxy.waitForLog(containing: "backend up", count: upBefore + 2, timeout: 10)
+            try connection.send("still\n")
+            #expect(try connection.receiveLine() == "b:still", "the connection to the healthy backend is not cut")
+            #expect(proxy.logCount(containing: "closed connections of a backend marked down") == 0)
+        }
+
+        /// A pool that a reload adds with active checks takes clients once its backends have had their first
+        /// check, as at start: a client that connects at once waits in the accept queue instead of being
+        /// closed for want of a backend.
+        @Test func aPoolAddedWithChecksWaitsForItsFirstChecks() throws {
+            let a = try BackendProcess("a")
+            let slow = try BackendProcess("s", mode: "slow")
+            let base = config(workers: 1, "  app:\n    backends: [127.0.0.1:\(a.port)]")
+            let proxy = try FulcrumProcess(config: base)
+            try proxy.reload(config(workers: 1, listeners: "[{name: front, listen: 127.0.0.1:0, pool: app}, {name: late, listen: 127.0.0.1:0, pool: checked}]", """
+              app:
+                backends: [127.0.0.1:\(a.port)]
+              checked:
+                health: {check: send_expect, send: "ping\\n", expect: "s:", interval: 10s}
+                backends: [127.0.0.1:\(slow.port)]
+            """))
+            let line = try proxy.waitForLog(containing: "listener=late")
+            let port = try #require(line.split(separator: ":").last.flatMap { UInt16($0) })
+            // The check takes 100 ms (the backend answers late): this client arrives before it is done.
+            let socket = try TestSocket.connect(port: port)
+            try socket.send("early\n")
+            #expect(try socket.receiveLine() == "s:early")
+            try proxy.waitForLog(containing: "pool checked: first checks done; its listeners accept now")
         }
 
         /// `workers` and `buffer_size` take a restart: a reload says so, keeps the running values, and

@@ -96,6 +96,9 @@ public struct LiveBackend: Equatable, Sendable {
     public var checkReason: String?
     /// Each worker's breaker, as last reported.
     public var breakers: [BreakerReport]
+    /// Counts the times the backend came back after it was gone for good (removed, and no connection of
+    /// its left): each time it starts over, unknown to the checks and with closed breakers, like a new one.
+    public var incarnation = 0
 
     public init(slot: Int, id: BackendID, base: FulcrumConfig.Backend, source: ValueSource, workers: Int) {
         self.slot = slot
@@ -134,6 +137,8 @@ public struct PoolSnapshot: Sendable {
         /// Effective values (base with overrides); `state` is the operator state.
         public var backend: FulcrumConfig.Backend
         public var listed: Bool
+        /// A new incarnation starts over: unknown to the checks, breakers closed.
+        public var incarnation: Int
     }
 
     /// The pool's index in the process, stable for its lifetime.
@@ -183,16 +188,25 @@ public struct LivePool: Sendable {
 
     // MARK: - Operations
 
-    /// Lists a backend. A new address takes the next slot; one seen before (removed and still draining, or
-    /// long gone) takes its old slot back, with its base values replaced and its overrides kept. Returns
-    /// the slot, or nil when the pool has used every slot it can have.
-    public mutating func add(_ backend: FulcrumConfig.Backend, source: ValueSource) -> Int? {
+    /// Lists a backend. A new address takes the next slot; one seen before takes its old slot back, with
+    /// its base values replaced and its overrides kept. A backend removed while its connections still
+    /// drain is the same backend when it comes back (its health carries on); one whose connections had all
+    /// ended (`gone` says so for a slot) starts over as a new incarnation. Returns the slot, or nil when the
+    /// pool has used every slot it can have.
+    public mutating func add(_ backend: FulcrumConfig.Backend, source: ValueSource,
+                             gone: (Int) -> Bool = { _ in false }) -> Int? {
         if let slot = slotByAddress[backend.address] {
             backends[slot].base = backend
             backends[slot].baseSource = source
             if !backends[slot].listed {
                 backends[slot].listed = true
                 order.append(slot)
+                if gone(slot) {
+                    backends[slot].incarnation += 1
+                    backends[slot].check = .unknown
+                    backends[slot].checkReason = nil
+                    backends[slot].breakers = Array(repeating: .closed, count: backends[slot].breakers.count)
+                }
             }
             return slot
         }
@@ -237,19 +251,22 @@ public struct LivePool: Sendable {
     }
 
     /// What a reload does to a kept pool: the settings replaced; the file's backends added or updated
-    /// (base values only: overrides stay) in the file's order; backends no longer in the file removed.
+    /// (base values only: overrides stay) in the file's order; backends the file listed before and lists no
+    /// more removed (backends another source lists are that source's to remove). `gone` as for `add`.
     /// Returns the addresses that could not get a slot.
     @discardableResult
-    public mutating func apply(file pool: FulcrumConfig.Pool) -> [SocketAddress] {
+    public mutating func apply(file pool: FulcrumConfig.Pool, gone: (Int) -> Bool = { _ in false }) -> [SocketAddress] {
         replaceSettings(pool)
         // Linear in the pool's size: a file that replaces thousands of backends must not stall the main loop.
         let addresses = Set(pool.backends.map(\.address))
-        for slot in order where !addresses.contains(backends[slot].id.address) { backends[slot].listed = false }
+        for slot in order where backends[slot].baseSource == .file && !addresses.contains(backends[slot].id.address) {
+            backends[slot].listed = false
+        }
         order.removeAll { !backends[$0].listed }
         var failed: [SocketAddress] = []
         var fileOrder: [Int] = []
         for backend in pool.backends {
-            if let slot = add(backend, source: .file) { fileOrder.append(slot) } else { failed.append(backend.address) }
+            if let slot = add(backend, source: .file, gone: gone) { fileOrder.append(slot) } else { failed.append(backend.address) }
         }
         // Backends listed by another source keep their place after the file's.
         let inFile = Set(fileOrder)
@@ -283,7 +300,9 @@ public struct LivePool: Sendable {
 
     public func snapshot() -> PoolSnapshot {
         PoolSnapshot(index: index, settings: effectiveSettings,
-                     slots: backends.map { .init(address: $0.id.address, backend: $0.effective, listed: $0.listed) },
+                     slots: backends.map {
+                         .init(address: $0.id.address, backend: $0.effective, listed: $0.listed, incarnation: $0.incarnation)
+                     },
                      order: order)
     }
 }
