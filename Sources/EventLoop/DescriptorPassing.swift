@@ -95,6 +95,30 @@ public enum UnixSocket {
         }
     }
 
+    /// Who is at the other end of a connected Unix socket, as the kernel recorded it when the connection
+    /// was made (SO_PEERCRED): no peer can claim another's.
+    public struct PeerCredentials: Sendable, Equatable {
+        public var pid: Int32
+        public var uid: UInt32
+        public var gid: UInt32
+
+        public init(pid: Int32, uid: UInt32, gid: UInt32) {
+            self.pid = pid
+            self.uid = uid
+            self.gid = gid
+        }
+    }
+
+    /// The process id, user and group of the peer of a connected Unix socket `fd`.
+    public static func peerCredentials(_ fd: Int32) throws(SystemError) -> PeerCredentials {
+        // `struct ucred` needs _GNU_SOURCE, which Glibc's Swift module leaves out: its layout is pid_t,
+        // uid_t, gid_t, three 32-bit fields.
+        var fields: (Int32, UInt32, UInt32) = (0, 0, 0)
+        var length = socklen_t(MemoryLayout.size(ofValue: fields))
+        _ = try syscall("getsockopt(SO_PEERCRED)") { getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &fields, &length) }
+        return PeerCredentials(pid: fields.0, uid: fields.1, gid: fields.2)
+    }
+
     static func setTimeout(_ fd: Int32, microseconds: Int64) {
         var tv = timevalFrom(microseconds: microseconds)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))

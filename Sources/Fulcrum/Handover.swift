@@ -31,6 +31,19 @@ public enum Handover {
     /// The old process reads a peer's message on its main loop: a peer that stalls mid-message holds the
     /// loop this long at most (messages are a few hundred bytes, written at once).
     static let serverTimeout: Int64 = 1_000_000
+    /// How long a new process that has received the listening sockets has to say `ready`, and a binary
+    /// started by `fulcrum upgrade` to ask for them: past it, the old process drops it as it drops one that
+    /// went away (nothing changed, still serving), so that a stuck new process never blocks the next
+    /// upgrade. Long enough for a first round of active checks and a slow start-up.
+    static let readyDeadline: Int64 = testTimeout ?? 60_000_000
+    /// How long a peer of the upgrade socket has to send its request once connected.
+    static let requestTimeout: Int64 = testTimeout ?? 10_000_000
+    /// The most peers connected to the upgrade socket at once; more are refused.
+    static let maxPeers = 8
+    /// `FULCRUM_TEST_UPGRADE_TIMEOUT_MS`, read once: tests set both limits above to that many
+    /// milliseconds rather than wait a minute.
+    private static let testTimeout: Int64? = getenv("FULCRUM_TEST_UPGRADE_TIMEOUT_MS")
+        .flatMap { Int64(String(cString: $0)) }.map { max(1, $0) * 1000 }
 
     /// The listening sockets a worker accepts on, for each listener: every `workers`-th socket starting
     /// at its own index. Normally one each; after a takeover from a process that had more workers, some
@@ -68,6 +81,20 @@ public enum Handover {
 
     static func send(_ fd: Int32, _ fields: [String], descriptors: [Int32] = []) throws(SystemError) {
         try UnixSocket.send(fd, payload: encode(fields), descriptors: descriptors)
+    }
+
+    /// Sends a request and returns the answer (nil when the peer closed the connection without one). A
+    /// process that refuses a connection says why and closes it at once, which can fail the send: the
+    /// reason is read all the same.
+    static func ask(_ fd: Int32, _ fields: [String]) throws(SystemError) -> (fields: [String], descriptors: [Int32])? {
+        do throws(SystemError) {
+            try send(fd, fields)
+        } catch {
+            guard error.errno == EPIPE || error.errno == ECONNRESET,
+                  let answer = try? receive(fd), answer.fields.first == "error" else { throw error }
+            return answer
+        }
+        return try receive(fd)
     }
 
     /// The next message's fields and descriptors; nil when the peer closed the connection.
@@ -113,6 +140,12 @@ public final class Takeover {
         let address: String
         let bound: String
         var descriptors: [Int32]
+
+        /// Whether these sockets are where `listener` asks, by the rule a reload keeps sockets by: the same
+        /// configured address, or the address they are bound to (a port 0 the kernel chose, written out).
+        func serves(_ listener: FulcrumConfig.Listener) -> Bool {
+            address == "\(listener.address)" || bound == "\(listener.address)"
+        }
     }
 
     public let path: String
@@ -130,8 +163,7 @@ public final class Takeover {
             throw SystemError("cannot take over from \(path): connect", errno: error.errno)
         }
         do throws(SystemError) {
-            try Handover.send(fd, ["takeover", Handover.version, "\(getpid())"])
-            guard let reply = try Handover.receive(fd) else {
+            guard let reply = try Handover.ask(fd, ["takeover", Handover.version, "\(getpid())"]) else {
                 throw SystemError("handover from \(path): the old process closed the connection", errno: ECONNRESET)
             }
             inherited = try Takeover.parse(reply.fields, reply.descriptors, path: path)
@@ -176,15 +208,16 @@ public final class Takeover {
 
     /// The listening sockets of every listener of `config`, `workers` or more each (per listener, in
     /// worker order: see `Handover.share`): the inherited ones where the old process had a listener of
-    /// the same name and configured address, plus new SO_REUSEPORT sockets joining them when this process
-    /// has more workers; freshly bound ones for the other listeners. Inherited sockets no listener uses
-    /// are closed (the old process still holds them until it stops accepting).
+    /// the same name on the same address (see `Inherited.serves`), with this file's `backlog`, plus new
+    /// SO_REUSEPORT sockets joining them when this process has more workers; freshly bound ones for the
+    /// other listeners. Inherited sockets no listener uses are closed (the old process still holds them
+    /// until it stops accepting).
     func listeners(_ config: FulcrumConfig, workers: Int) throws(SystemError) -> [[Int32]] {
         var all: [[Int32]] = []
         var used = Set<Int>()
         do throws(SystemError) {
             for listener in config.listeners {
-                let match = inherited.firstIndex { $0.name == listener.name && $0.address == "\(listener.address)" }
+                let match = inherited.firstIndex { $0.name == listener.name && $0.serves(listener) }
                 var fds: [Int32] = []
                 var taken = 0
                 if let match, !inherited[match].descriptors.isEmpty {
@@ -192,6 +225,15 @@ public final class Takeover {
                     fds = inherited[match].descriptors
                     taken = fds.count
                     inherited[match].descriptors = []
+                    for fd in fds {
+                        do throws(SystemError) {
+                            try Socket.setBacklog(fd, Int32(listener.backlog))
+                        } catch {
+                            logger.warning("could not apply backlog to an inherited socket; it keeps the old one", metadata: [
+                                "listener": "\(listener.name)", "backlog": "\(listener.backlog)", "error": "\(error)",
+                            ])
+                        }
+                    }
                     if fds.count < workers {
                         let endpoint = try Socket.localEndpoint(fds[0])
                         do throws(SystemError) {
@@ -270,51 +312,6 @@ extension Handover {
                 "path": "\(path)", "error": "\(error)",
             ])
             return nil
-        }
-    }
-}
-
-// MARK: - `fulcrum upgrade`
-
-extension Handover {
-    /// What `fulcrum upgrade` heard from the running process.
-    public enum UpgradeEvent: Sendable {
-        case started(pid: Int32)
-        case ready(pid: Int32)
-    }
-
-    /// Asks the process serving the upgrade socket at `path` to start `arguments` (the new binary's
-    /// absolute path first, then `run --config ... --upgrade-from PATH`) as its own child, and waits
-    /// until that process has taken over (returns its pid) or has failed (throws, saying why). Waits at
-    /// most `timeoutMicroseconds` for each step.
-    public static func requestUpgrade(path: String, arguments: [String], timeoutMicroseconds: Int64,
-                                      progress: (UpgradeEvent) -> Void) throws(SystemError) -> Int32 {
-        let fd: Int32
-        do throws(SystemError) {
-            fd = try UnixSocket.connect(path: path, timeoutMicroseconds: timeoutMicroseconds)
-        } catch {
-            throw SystemError("cannot reach the running process at upgrade_socket \(path): connect", errno: error.errno)
-        }
-        defer { Socket.close(fd) }
-        try send(fd, ["spawn"] + arguments)
-        while true {
-            guard let answer = try receive(fd) else {
-                throw SystemError("upgrade: the running process closed the connection without an outcome", errno: ECONNRESET)
-            }
-            for descriptor in answer.descriptors { Socket.close(descriptor) }
-            let fields = answer.fields
-            switch fields[0] {
-            case "spawned":
-                progress(.started(pid: Int32(fields.count > 1 ? fields[1] : "") ?? 0))
-            case "ready":
-                let pid = Int32(fields.count > 1 ? fields[1] : "") ?? 0
-                progress(.ready(pid: pid))
-                return pid
-            case "failed", "error":
-                throw SystemError("upgrade failed: \(fields.dropFirst().joined(separator: " "))", errno: ECANCELED)
-            default:
-                throw SystemError("upgrade: an unexpected answer '\(fields[0])'", errno: EPROTO)
-            }
         }
     }
 }

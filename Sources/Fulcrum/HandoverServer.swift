@@ -9,16 +9,26 @@ import Logging
 /// `onTakenOver` (which starts the drain). Also starts a new binary on request (`fulcrum upgrade`), so
 /// that the new process is this one's child (in its service's cgroup) and reports how that went.
 ///
+/// Only processes of this process's user or root may use it (SO_PEERCRED), at most `Handover.maxPeers` at
+/// once; a peer has `Handover.requestTimeout` to ask, and a new process `Handover.readyDeadline` to say
+/// `ready` once it has the sockets.
+///
 /// The descriptors it sends belong to the workers' listeners, which close them only when draining: the
 /// engine closes this server before it tells any worker to drain.
 final class HandoverServer {
     /// A connected peer: a new process taking over, or `fulcrum upgrade` waiting for the outcome.
     final class Peer {
         let fd: Int32
+        /// Its process id, as the kernel recorded it at connect.
+        let pid: Int32
         var watcher: ReadWatcher?
-        var pid: Int32 = 0
+        /// Its current deadline: to send a request, then (a taker) to say `ready`.
+        var deadline: Timer?
 
-        init(fd: Int32) { self.fd = fd }
+        init(fd: Int32, pid: Int32) {
+            self.fd = fd
+            self.pid = pid
+        }
     }
 
     private let base: EventBase
@@ -38,7 +48,11 @@ final class HandoverServer {
     /// that command's connection while it waits.
     private var spawnedPID: Int32?
     private var requester: Peer?
+    /// Every process started here that has not ended yet, the one above and any given up on.
+    private var children: Set<Int32> = []
     private var reapTimer: Timer?
+    /// Gives up on a started binary that has not asked for the sockets within `Handover.readyDeadline`.
+    private var spawnDeadline: Timer?
     private var closed = false
 
     init(base: EventBase, path: String, sockets: @escaping () -> [(FulcrumConfig.Listener, [Int32])], logger: Logger,
@@ -53,6 +67,7 @@ final class HandoverServer {
         if stat(path, &info) == 0 { file = (UInt(info.st_dev), UInt(info.st_ino)) }
         acceptWatcher = ReadWatcher(base: base, fd: listenFD) { [unowned self] in self.acceptPeers() }
         reapTimer = Timer(base: base) { [unowned self] in self.checkSpawned() }
+        spawnDeadline = Timer(base: base) { [unowned self] in self.spawnTimedOut() }
         logger.info("serving upgrade_socket for binary upgrades", metadata: ["path": "\(path)"])
     }
 
@@ -64,6 +79,7 @@ final class HandoverServer {
         closed = true
         acceptWatcher?.cancel()
         reapTimer?.cancel()
+        spawnDeadline?.cancel()
         for peer in peers.values { drop(peer) }
         Socket.close(listenFD)
         var info = stat()
@@ -84,15 +100,70 @@ final class HandoverServer {
                 logger.warning("upgrade_socket: accept failed", metadata: ["error": "\(error)"])
                 return
             }
-            let peer = Peer(fd: fd)
+            guard let pid = admit(fd) else {
+                Socket.close(fd)
+                continue
+            }
+            let peer = Peer(fd: fd, pid: pid)
             peers[ObjectIdentifier(peer)] = peer
             peer.watcher = ReadWatcher(base: base, fd: fd) { [unowned self, unowned peer] in self.read(peer) }
+            peer.deadline = Timer(base: base) { [unowned self, unowned peer] in self.expired(peer) }
+            peer.deadline?.schedule(after: Handover.requestTimeout)
         }
+    }
+
+    /// The process id of a new connection's peer, or nil (logged, and told why) when it may not use the
+    /// socket: a user other than this process's and root, or one peer too many.
+    private func admit(_ fd: Int32) -> Int32? {
+        let peer: UnixSocket.PeerCredentials
+        do throws(SystemError) {
+            peer = try UnixSocket.peerCredentials(fd)
+        } catch {
+            logger.warning("upgrade_socket: refused a connection whose peer is unknown", metadata: ["error": "\(error)"])
+            return nil
+        }
+        let user = geteuid()
+        guard peer.uid == user || peer.uid == 0 else {
+            logger.warning("upgrade_socket: refused a connection from another user", metadata: [
+                "pid": "\(peer.pid)", "uid": "\(peer.uid)", "allowed_uids": "\(user) and 0",
+            ])
+            try? Handover.send(fd, ["error", "not permitted: only user \(user) and root may use this upgrade socket"])
+            return nil
+        }
+        guard peers.count < Handover.maxPeers else {
+            logger.warning("upgrade_socket: refused a connection: too many are open", metadata: [
+                "pid": "\(peer.pid)", "open": "\(peers.count)",
+            ])
+            try? Handover.send(fd, ["error", "\(Handover.maxPeers) connections to the upgrade socket are open already; try again later"])
+            return nil
+        }
+        return peer.pid
+    }
+
+    /// A peer's deadline passed: it sent no request in time, or it has the sockets and did not say
+    /// `ready` in time. A taker is given up exactly as one that went away.
+    private func expired(_ peer: Peer) {
+        if taker === peer {
+            logger.warning("upgrade: the new process did not say it was ready in time; dropped it: nothing changed, still serving", metadata: [
+                "pid": "\(peer.pid)", "deadline": "\(seconds(Handover.readyDeadline))",
+            ])
+            if peer.pid == spawnedPID { giveUpOnSpawned("did not say it was ready within \(seconds(Handover.readyDeadline))") }
+        } else {
+            logger.warning("upgrade_socket: a peer sent no request in time; closed its connection", metadata: [
+                "pid": "\(peer.pid)", "timeout": "\(seconds(Handover.requestTimeout))",
+            ])
+        }
+        drop(peer)
+    }
+
+    private func seconds(_ microseconds: Int64) -> String {
+        microseconds % 1_000_000 == 0 ? "\(microseconds / 1_000_000)s" : "\(microseconds / 1000)ms"
     }
 
     private func drop(_ peer: Peer) {
         peer.watcher?.cancel()
         peer.watcher = nil
+        peer.deadline?.cancel()
         Socket.close(peer.fd)
         peers[ObjectIdentifier(peer)] = nil
         if taker === peer { taker = nil }
@@ -113,6 +184,7 @@ final class HandoverServer {
             return
         }
         for descriptor in message.descriptors { Socket.close(descriptor) }
+        peer.deadline?.cancel()
         switch message.fields[0] {
         case "takeover": takeover(peer, message.fields)
         case "ready": ready(peer)
@@ -141,7 +213,8 @@ final class HandoverServer {
     // MARK: - Takeover
 
     private func takeover(_ peer: Peer, _ fields: [String]) {
-        guard fields.count == 3, fields[1] == Handover.version, let pid = Int32(fields[2]) else {
+        // The pid the request names is the sender's own; the kernel's record of it is used instead.
+        guard fields.count == 3, fields[1] == Handover.version, Int32(fields[2]) != nil else {
             refuse(peer, "unsupported takeover request (this process speaks handover version \(Handover.version))")
             return
         }
@@ -149,7 +222,7 @@ final class HandoverServer {
             refuse(peer, "another takeover is in progress (process \(taker.pid))")
             return
         }
-        peer.pid = pid
+        let pid = peer.pid
         var fields = ["listeners", Handover.version]
         var descriptors: [Int32] = []
         let listeners = sockets()
@@ -168,6 +241,7 @@ final class HandoverServer {
             return
         }
         taker = peer
+        peer.deadline?.schedule(after: Handover.readyDeadline)
         logger.info("upgrade: sent every listening socket to a new process; serving until it is ready", metadata: [
             "pid": "\(pid)", "listeners": "\(listeners.count)", "sockets": "\(descriptors.count)",
         ])
@@ -182,6 +256,7 @@ final class HandoverServer {
         logger.info("upgrade: the new process is ready", metadata: ["pid": "\(pid)"])
         if let requester { try? Handover.send(requester.fd, ["ready", "\(pid)"]) }
         spawnedPID = nil
+        spawnDeadline?.cancel()
         // The file goes before the answer: the new process serves the same path once it has the answer.
         var info = stat()
         if let file, stat(path, &info) == 0, UInt(info.st_dev) == file.device, UInt(info.st_ino) == file.inode {
@@ -219,25 +294,46 @@ final class HandoverServer {
             "pid": "\(pid)", "command": "\(arguments.joined(separator: " "))",
         ])
         spawnedPID = pid
+        children.insert(pid)
         requester = peer
         try? Handover.send(peer.fd, ["spawned", "\(pid)"])
         reapTimer?.schedule(after: 100_000)
+        spawnDeadline?.schedule(after: Handover.readyDeadline)
     }
 
-    /// While a started binary has not taken over: if it has ended, says how to the requester.
-    private func checkSpawned() {
+    /// A started binary has not asked for the sockets in time: the next upgrade may start. (Once it has
+    /// them, its deadline as a taker applies instead.) It is still reaped when it ends.
+    private func spawnTimedOut() {
+        guard let pid = spawnedPID, taker?.pid != pid else { return }
+        logger.warning("upgrade: the new process did not take over in time; nothing changed, still serving", metadata: [
+            "pid": "\(pid)", "deadline": "\(seconds(Handover.readyDeadline))",
+        ])
+        giveUpOnSpawned("did not take over within \(seconds(Handover.readyDeadline))")
+    }
+
+    /// Stops waiting for the started binary and tells `fulcrum upgrade` why.
+    private func giveUpOnSpawned(_ why: String) {
         guard let pid = spawnedPID else { return }
-        if let how = ChildProcess.ended(pid) {
+        spawnedPID = nil
+        spawnDeadline?.cancel()
+        if let requester {
+            try? Handover.send(requester.fd, ["failed", "the new process \(pid) \(why); its log says why"])
+            drop(requester)
+        }
+    }
+
+    /// Reaps the started binaries that have ended; if `fulcrum upgrade` still waits for the one that did,
+    /// says how it ended.
+    private func checkSpawned() {
+        for pid in children {
+            guard let how = ChildProcess.ended(pid) else { continue }
+            children.remove(pid)
+            guard pid == spawnedPID else { continue }
             logger.warning("upgrade: the new process ended before it was ready; nothing changed, still serving", metadata: [
                 "pid": "\(pid)", "how": "\(how)",
             ])
-            spawnedPID = nil
-            if let requester {
-                try? Handover.send(requester.fd, ["failed", "the new process \(pid) \(how) before it was ready; its log says why"])
-                drop(requester)
-            }
-            return
+            giveUpOnSpawned("\(how) before it was ready")
         }
-        reapTimer?.schedule(after: 100_000)
+        if !children.isEmpty { reapTimer?.schedule(after: 100_000) }
     }
 }

@@ -13,8 +13,13 @@ public func fulcrumExecutable(file: StaticString = #filePath) -> URL {
 
 /// Runs a `fulcrum` command to completion and returns its exit status and combined output.
 public func runFulcrum(_ arguments: [String]) throws -> (status: Int32, output: String) {
+    try runProgram(fulcrumExecutable(), arguments)
+}
+
+/// Runs a program to completion and returns its exit status and combined output.
+public func runProgram(_ executable: URL, _ arguments: [String]) throws -> (status: Int32, output: String) {
     let process = Process()
-    process.executableURL = fulcrumExecutable()
+    process.executableURL = executable
     process.arguments = arguments
     let pipe = Pipe()
     process.standardOutput = pipe

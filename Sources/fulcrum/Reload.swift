@@ -14,8 +14,9 @@ extension FulcrumCommand {
             discussion: """
             An invalid file is reported as check reports it and nothing is signalled (exit 1). The process is \
             found through --pid, else --pid-file, else the file's pid_file key. The running process re-reads \
-            the file it was started with (its --config) and applies what changed; its log says \
-            `configuration reloaded`, or `reload failed` with the errors.
+            the file it was started with (its --config), so FILE must be that file: another one is refused \
+            (exit 1, nothing signalled). It applies what changed; its log says `configuration reloaded`, or \
+            `reload failed` with the errors.
             """
         )
 
@@ -42,14 +43,16 @@ extension FulcrumCommand {
                 printError("fulcrum reload: \(error)")
                 throw ExitCode(1)
             }
+            if let problem = target.running?.otherConfigProblem(options.config, command: "reload", origin: target.origin,
+                                                                nothing: "nothing was signalled") {
+                printError("fulcrum reload: \(problem)")
+                throw ExitCode(1)
+            }
             guard kill(target.pid, SIGHUP) == 0 else {
                 printError("fulcrum reload: cannot signal process \(target.pid)\(target.origin): \(String(cString: strerror(errno)))")
                 throw ExitCode(1)
             }
             print("sent SIGHUP to process \(target.pid)\(target.origin): it re-reads its configuration file and applies what changed")
-            if let running = target.runningConfig, !sameFile(running, options.config) {
-                print("note: process \(target.pid) was started with --config \(running), which is the file it re-reads, not \(options.config)")
-            }
             print("its log shows the outcome: `configuration reloaded` (then `reload applied by every worker`), or `reload failed` with the errors")
         }
     }
@@ -75,18 +78,17 @@ struct ReloadTarget {
     let pid: Int32
     /// ` (from pid file PATH)`, or empty for `--pid`.
     let origin: String
-    /// The `--config` the process was started with, resolved against its working directory, when its
-    /// command line is readable.
-    let runningConfig: String?
+    /// How the process was started, when its command line is readable.
+    let running: RunningCommand?
 
     static func find(pid: Int32?, pidFile: String?, fromOption: Bool, config: String) throws(Failure) -> ReloadTarget {
         if let pid {
             try ensureExists(pid, origin: "")
-            return ReloadTarget(pid: pid, origin: "", runningConfig: commandLine(of: pid).flatMap { configArgument($0, pid: pid) })
+            return ReloadTarget(pid: pid, origin: "", running: RunningCommand(pid: pid))
         }
         guard let path = pidFile else {
             throw Failure(description: "\(config) has no pid_file, so the running process cannot be found; pass --pid PID "
-                + "or --pid-file PATH, or add `pid_file: /run/fulcrum.pid` to the file (the running process writes it after a restart)")
+                + "or --pid-file PATH, or add `pid_file: /run/fulcrum/fulcrum.pid` to the file (the running process writes it after a restart)")
         }
         let key = fromOption ? "--pid-file" : "pid_file"
         guard let text = readSmallFile(path) else {
@@ -102,12 +104,12 @@ struct ReloadTarget {
         try ensureExists(pid, origin: origin)
         // A stale pid file may name a process id the system gave to another program since: never send it a
         // SIGHUP (which ends most programs).
-        let arguments = commandLine(of: pid)
-        if let arguments, arguments.count < 2 || arguments[1] != "run" {
+        let running = RunningCommand(pid: pid)
+        if let running, !running.isRun {
             throw Failure(description: "process \(pid)\(origin) is not `fulcrum run` (its command line is "
-                + "'\(arguments.joined(separator: " "))'): the pid file is stale; nothing was signalled")
+                + "'\(running.arguments.joined(separator: " "))'): the pid file is stale; nothing was signalled")
         }
-        return ReloadTarget(pid: pid, origin: origin, runningConfig: arguments.flatMap { configArgument($0, pid: pid) })
+        return ReloadTarget(pid: pid, origin: origin, running: running)
     }
 
     private static func ensureExists(_ pid: Int32, origin: String) throws(Failure) {
@@ -122,41 +124,4 @@ struct ReloadTarget {
             throw Failure(description: "cannot signal process \(pid)\(origin): \(String(cString: strerror(errno)))")
         }
     }
-
-    /// The process's arguments from /proc, or nil when they cannot be read.
-    private static func commandLine(of pid: Int32) -> [String]? {
-        guard let text = readSmallFile("/proc/\(pid)/cmdline"), !text.isEmpty else { return nil }
-        return text.split(separator: "\0", omittingEmptySubsequences: false).dropLast().map(String.init)
-    }
-
-    /// The value of `--config`/`-c` in `arguments`, made absolute with the process's working directory.
-    private static func configArgument(_ arguments: [String], pid: Int32) -> String? {
-        var value: String?
-        for (index, argument) in arguments.enumerated() {
-            if argument == "--config" || argument == "-c", index + 1 < arguments.count {
-                value = arguments[index + 1]
-            } else if argument.hasPrefix("--config=") {
-                value = String(argument.dropFirst("--config=".count))
-            }
-        }
-        guard let value else { return nil }
-        if value.hasPrefix("/") { return value }
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = readlink("/proc/\(pid)/cwd", &buffer, buffer.count - 1)
-        guard n > 0 else { return value }
-        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/" + value
-    }
-}
-
-/// Whether two paths name the same file (same device and inode); false when either cannot be read.
-private func sameFile(_ a: String, _ b: String) -> Bool {
-    var sa = stat(), sb = stat()
-    guard stat(a, &sa) == 0, stat(b, &sb) == 0 else { return false }
-    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino
-}
-
-/// A small file (a pid file, a /proc entry) read whole, or nil with `errno` set when it cannot be read.
-private func readSmallFile(_ path: String) -> String? {
-    guard access(path, R_OK) == 0 else { return nil }
-    return FileManager.default.contents(atPath: path).map { String(decoding: $0, as: UTF8.self) }
 }

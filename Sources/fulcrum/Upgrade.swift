@@ -15,10 +15,11 @@ extension FulcrumCommand {
             abstract: "Replace the running Fulcrum with this binary without refusing a connection.",
             discussion: """
             Validates the configuration file with this binary, then asks the Fulcrum that serves its \
-            upgrade_socket to start `BINARY run --config FILE --upgrade-from SOCKET` as its own child. The \
-            new process takes over every listening socket; once its workers run, the old one drains as on \
-            SIGTERM. Exits 0 once the new process serves, 1 if it could not start (the old one then goes \
-            on serving, unchanged).
+            upgrade_socket to start `BINARY run --config FILE --upgrade-from SOCKET --log-level LEVEL` as \
+            its own child, with the running process's own --config (FILE must be that file: another one is \
+            refused) and, unless --log-level is given, its log level. The new process takes over every \
+            listening socket; once its workers run, the old one drains as on SIGTERM. Exits 0 once the new \
+            process serves, 1 if it could not start (the old one then goes on serving, unchanged).
             """
         )
 
@@ -27,14 +28,14 @@ extension FulcrumCommand {
         @Option(help: ArgumentHelp("The new binary (default: this one).", valueName: "path"))
         var binary: String?
 
-        @Option(help: ArgumentHelp("The new process's log level.", valueName: "level"))
-        var logLevel: String = "info"
+        @Option(help: ArgumentHelp("The new process's log level (default: the running process's).", valueName: "level"))
+        var logLevel: String?
 
         @Option(help: ArgumentHelp("Seconds to wait for each step.", valueName: "seconds"))
         var timeout: Int = 60
 
         func validate() throws {
-            guard Logger.Level(rawValue: logLevel) != nil else {
+            if let logLevel, Logger.Level(rawValue: logLevel) == nil {
                 throw ValidationError("'\(logLevel)' is not a log level; use trace, debug, info, notice, warning, error or critical")
             }
             guard timeout > 0 else { throw ValidationError("--timeout must be at least 1 second") }
@@ -57,13 +58,25 @@ extension FulcrumCommand {
                 printError("not upgrading: cannot resolve the binary's or the configuration's path")
                 throw ExitCode(1)
             }
-            let arguments = [program, "run", "--config", configPath, "--upgrade-from", socket, "--log-level", logLevel]
             do {
-                let pid = try Handover.requestUpgrade(path: socket, arguments: arguments,
-                                                      timeoutMicroseconds: Int64(timeout) * 1_000_000) { event in
+                let request = try UpgradeRequest(path: socket, timeoutMicroseconds: Int64(timeout) * 1_000_000)
+                // The new process runs what the running one runs: its file (by the path it was given) and,
+                // unless told otherwise, its log level.
+                let running = RunningCommand(pid: request.serverPID)
+                let origin = " (serving upgrade_socket \(socket))"
+                if let problem = running?.otherConfigProblem(options.config, command: "upgrade", origin: origin,
+                                                             nothing: "nothing was started") {
+                    printError("not upgrading: \(problem)")
+                    throw ExitCode(1)
+                }
+                var arguments = [program, "run", "--config", running?.config ?? configPath, "--upgrade-from", socket]
+                if let level = logLevel ?? running?.logLevel { arguments += ["--log-level", level] }
+                let pid = try request.start(arguments) { event in
                     if case .started(let pid) = event { print("started \(program) as process \(pid)") }
                 }
                 print("upgrade done: process \(pid) serves every listener; the old process drains and exits")
+            } catch let exit as ExitCode {
+                throw exit
             } catch {
                 printError("not upgraded: \(error); the running process goes on serving")
                 throw ExitCode(1)

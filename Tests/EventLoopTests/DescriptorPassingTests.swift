@@ -93,4 +93,19 @@ struct DescriptorPassingTests {
             "\(error)".contains("closed the connection mid-message")
         }
     }
+
+    /// The kernel names the process at the other end of a Unix socket, on both sides of a connection.
+    @Test func peerCredentialsNameTheProcessAtTheOtherEnd() throws {
+        var pair: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0)
+        defer { pair.forEach(Socket.close) }
+        let me = UnixSocket.PeerCredentials(pid: getpid(), uid: geteuid(), gid: getegid())
+        #expect(try UnixSocket.peerCredentials(pair[0]) == me)
+        #expect(try UnixSocket.peerCredentials(pair[1]) == me)
+        #expect {
+            _ = try UnixSocket.peerCredentials(-1)
+        } throws: { error in
+            "\(error)".contains("getsockopt(SO_PEERCRED)")
+        }
+    }
 }

@@ -28,14 +28,25 @@ extension Integration {
             #expect(output.contains("configuration \(proxy.configPath) is valid"))
             #expect(output.contains("sent SIGHUP to process \(pid) (from pid file \(pidFile))"))
             #expect(output.contains("`configuration reloaded`") && output.contains("`reload failed`"))
-            #expect(!output.contains("note:"), "the file signalled is the file the process runs")
             try proxy.waitForLog(containing: "configuration reloaded")
-            // Another file than the process runs: it is signalled, and the output says which file it re-reads.
+            // Another file than the process runs (it would re-read its own): refused, nothing signalled.
             let other = try dir.write("other.yaml", try String(contentsOfFile: proxy.configPath, encoding: .utf8))
-            let second = try runFulcrum(["reload", "--config", other, "--pid", "\(pid)"])
-            #expect(second.status == 0, "\(second.output)")
-            #expect(second.output.contains("note: process \(pid) was started with --config \(proxy.configPath)"))
+            for found in [["--pid", "\(pid)"], ["--pid-file", pidFile]] {
+                let second = try runFulcrum(["reload", "--config", other] + found)
+                let origin = found[0] == "--pid" ? "" : " (from pid file \(pidFile))"
+                #expect(second.status == 1, "\(second.output)")
+                #expect(second.output.contains("fulcrum reload: process \(pid)\(origin) was started with --config "
+                    + "\(proxy.configPath), which is the file it reads, not \(other); nothing was signalled. Run "
+                    + "`fulcrum reload --config \(proxy.configPath)`, or edit \(proxy.configPath)"), "\(second.output)")
+                #expect(!second.output.contains("sent SIGHUP"))
+            }
+            // The same file by another path is the file it runs.
+            let link = dir.url.appendingPathComponent("link.yaml").path
+            #expect(symlink(proxy.configPath, link) == 0)
+            let third = try runFulcrum(["reload", "--config", link])
+            #expect(third.status == 0, "\(third.output)")
             try proxy.waitForLog(containing: "configuration reloaded", count: 2)
+            #expect(proxy.logCount(containing: "SIGHUP received") == 2)
         }
 
         /// An invalid file is reported exactly as `check` reports it, and the process gets no signal: the one
@@ -69,7 +80,7 @@ extension Integration {
             let none = try runFulcrum(["reload", "--config", noPidFile])
             #expect(none.status == 1)
             #expect(none.output.contains("plain.yaml has no pid_file, so the running process cannot be found; "
-                + "pass --pid PID or --pid-file PATH, or add `pid_file: /run/fulcrum.pid` to the file"))
+                + "pass --pid PID or --pid-file PATH, or add `pid_file: /run/fulcrum/fulcrum.pid` to the file"))
 
             let missing = dir.url.appendingPathComponent("missing.pid").path
             let withKey = try dir.write("keyed.yaml", proxyConfig(backends: [(9, 1)], workers: 1, top: "pid_file: \(missing)"))

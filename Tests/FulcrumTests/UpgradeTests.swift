@@ -6,13 +6,13 @@ import Logging
 import Testing
 
 /// A proxy config with an upgrade socket at `socket`.
-private func upgradeConfig(_ backend: TestBackend, socket: String, workers: Int, extraListener: String = "") -> String {
+func upgradeConfig(_ backend: TestBackend, socket: String, workers: Int, extraListener: String = "") -> String {
     proxyConfig(backends: [(backend.port, 1)], workers: workers, top: "upgrade_socket: \(socket)")
         .replacingOccurrences(of: "pools:\n", with: extraListener + "pools:\n")
 }
 
 /// One echo round trip on a new connection: a line out, the same line back, then close.
-private func oneRequest(port: UInt16, _ line: String, timeout: Double = 5) throws {
+func oneRequest(port: UInt16, _ line: String, timeout: Double = 5) throws {
     let socket = try TestSocket.connect(port: port, timeout: timeout)
     try socket.send(line + "\n")
     let answer = try socket.receiveLine()
@@ -170,7 +170,7 @@ private final class NotifyReceiver: @unchecked Sendable {
 }
 
 /// Whether a process has ended (a zombie counts: it no longer serves).
-private func processEnded(_ pid: Int32) -> Bool {
+func processEnded(_ pid: Int32) -> Bool {
     guard kill(pid, 0) == 0 else { return true }
     let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
     return stat.components(separatedBy: ") ").last?.hasPrefix("Z") ?? true
