@@ -183,6 +183,7 @@ public final class Engine {
             return 0
         }
         phase = .serving
+        if takeover != nil { state.joinExtraSockets() }
 
         var finished = 0
         var done: WakeupReceiver? = WakeupReceiver(base: base, pipe: enginePipe) { byte in

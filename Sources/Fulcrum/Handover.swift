@@ -234,15 +234,8 @@ public final class Takeover {
                             ])
                         }
                     }
-                    if fds.count < workers {
-                        let endpoint = try Socket.localEndpoint(fds[0])
-                        do throws(SystemError) {
-                            fds += try Handover.bind(listener, count: workers - fds.count, joining: endpoint)
-                        } catch {
-                            for fd in fds { Socket.close(fd) }
-                            throw error
-                        }
-                    }
+                    // With more workers than inherited sockets, the extra ones are bound just before the
+                    // workers start (`LiveState.joinExtraSockets`), not now.
                 } else {
                     fds = try Handover.bind(listener, count: workers, joining: nil)
                 }

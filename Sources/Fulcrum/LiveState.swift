@@ -92,6 +92,36 @@ final class LiveState {
         bound = result
     }
 
+    /// After a takeover from a process with fewer workers: binds the SO_REUSEPORT sockets that give each
+    /// worker one of its own, joining the inherited group. Called just before the workers start, never
+    /// earlier: the kernel hands a share of new clients to each socket of the group, and a socket nobody
+    /// accepts on yet would keep them waiting (or reset them, if this process failed to start). If a bind
+    /// fails, the workers share the inherited sockets.
+    func joinExtraSockets() {
+        var joined = false
+        for listener in config.listeners {
+            guard var sockets = bound[listener.name], sockets.fds.count < workers else { continue }
+            do throws(SystemError) {
+                let extra = try Handover.bind(listener, count: workers - sockets.fds.count, joining: sockets.endpoint)
+                sockets.fds += extra
+                bound[listener.name] = sockets
+                joined = true
+                logger.info("joined \(extra.count) more socket(s) to the inherited ones on \(sockets.endpoint)", metadata: [
+                    "listener": "\(listener.name)", "new_sockets": "\(extra.count)",
+                ])
+            } catch {
+                logger.warning("could not add sockets to the inherited ones; the workers share them", metadata: [
+                    "listener": "\(listener.name)", "error": "\(error)",
+                ])
+            }
+        }
+        guard joined else { return }
+        generation += 1
+        for worker in 0..<workers {
+            mailboxes[worker].post(contentsOf: [.listeners(assignments(for: worker)), .barrier(generation: generation)])
+        }
+    }
+
     /// Closes every listening socket: for a stop before any worker took them.
     func closeListeners() {
         for listener in bound.values { listener.fds.forEach(Socket.close) }

@@ -198,7 +198,9 @@ extension Integration {
                                          readyLine: "took over every listening socket")
             #expect(new.port("front") == port)
             let listening = try #require(new.log.first { $0.contains("listening on") })
-            #expect(listening.contains("inherited_sockets=2 ") && listening.contains("new_sockets=1 "), "\(listening)")
+            #expect(listening.contains("inherited_sockets=2 ") && listening.contains("new_sockets=0 "), "\(listening)")
+            let joined = try #require(new.log.first { $0.contains("more socket(s) to the inherited ones") })
+            #expect(joined.contains("new_sockets=1 "), "the third worker's socket is bound just before the workers start: \(joined)")
             try old.waitForLog(containing: "upgrade: the new process is ready")
             try old.waitForLog(containing: "listeners closed", count: 2)
             // The old process drains: its long-lived connections go on working while it does.

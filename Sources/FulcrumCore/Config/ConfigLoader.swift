@@ -54,7 +54,7 @@ public enum ConfigLoader {
         if let node = top["pid_file"], let path = r.scalar(node, "pid_file", expecting: "a file path") {
             if path.isEmpty || path.hasSuffix("/") || path.contains("\0") {
                 r.report(node, "pid_file", "'\(path)' is not a file path",
-                         hint: "name a file, e.g. pid_file: /run/fulcrum.pid")
+                         hint: "name a file, e.g. pid_file: /run/fulcrum/fulcrum.pid")
             } else {
                 pidFile = path
             }
