@@ -388,10 +388,7 @@ final class Worker {
         let wentDown = pool.health.checked(slot, state: state, passed: passed, now: now)
         armBreakerTimer()
         guard wentDown, pool.config.resilience.onBackendDown == .close else { return }
-        let closed = relays.close(.backendDown) { delegate in
-            guard let session = delegate as? Session else { return false }
-            return session.pool === pool && session.upstreamBackend == slot
-        }
+        let closed = closeConnections(of: slot, in: pool, connectingToo: false)
         if closed > 0 {
             logger.warning("closed connections of a backend marked down", metadata: [
                 "pool": "\(pool.config.name)", "backend": "\(pool.address(slot))", "closed": "\(closed)",
@@ -445,6 +442,15 @@ final class Worker {
         removedTimer?.schedule(after: max(0, next - now))
     }
 
+    /// Closes this worker's connections relayed to a backend (and, with `connectingToo`, those still
+    /// connecting to it); returns how many.
+    private func closeConnections(of slot: Int, in pool: PoolRuntime, connectingToo: Bool) -> Int {
+        relays.close(.backendDown) { delegate in
+            guard let session = delegate as? Session, session.pool === pool else { return false }
+            return (connectingToo ? session.backend : session.upstreamBackend) == slot
+        }
+    }
+
     /// Closes the connections still open to backends removed `removed_backend_timeout` ago.
     private func closeRemovedBackendConnections() {
         let now = self.now
@@ -452,10 +458,7 @@ final class Worker {
             guard let timeout = pool.config.resilience.removedBackendTimeout?.microseconds else { continue }
             for (slot, since) in pool.removedSince where since + timeout <= now {
                 pool.removedSince[slot] = nil
-                let closed = relays.close(.backendDown) { delegate in
-                    guard let session = delegate as? Session else { return false }
-                    return session.pool === pool && session.backend == slot
-                }
+                let closed = closeConnections(of: slot, in: pool, connectingToo: true)
                 if closed > 0 {
                     logger.warning("closed connections of a removed backend: removed_backend_timeout reached", metadata: [
                         "pool": "\(pool.config.name)", "backend": "\(pool.address(slot))", "closed": "\(closed)",
