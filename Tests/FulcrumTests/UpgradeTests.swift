@@ -217,6 +217,7 @@ extension Integration {
             load.stop()
             #expect(load.failures.isEmpty, "\(load.failures.count) failed: \(load.failures.prefix(5))")
             #expect(new.process.isRunning)
+            print("binary upgrade under load (2 -> 3 workers): \(load.shortOK) one-request connections and \(load.longOK) requests on 3 long-lived connections, \(load.failures.count) failed; the old process exited 0 after draining")
             // The new process serves the upgrade socket for the next upgrade.
             try new.waitForLog(containing: "serving upgrade_socket")
             #expect(FileManager.default.fileExists(atPath: socket))
