@@ -86,3 +86,14 @@ func freeEvent(_ event: OpaquePointer?) {
     event_del(event)
     event_free(event)
 }
+
+/// The wall clock, for timestamps people read (event history, status); never for timeouts, which follow
+/// the monotonic clock.
+public enum WallClock {
+    /// Microseconds since the Unix epoch.
+    public static var microseconds: Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1_000
+    }
+}

@@ -18,6 +18,8 @@ import Logging
 ///                      stopping ──workers joined (at most 1 s)──▶ exit 1
 /// ```
 public final class Engine {
+    /// The version `fulcrum --version`, the status and the metrics show.
+    public static let version = "0.1.0"
     public let config: FulcrumConfig
     /// The file SIGHUP re-reads.
     public let configPath: String?
@@ -74,6 +76,7 @@ public final class Engine {
         var senders: [WakeupSender] = []
         var checker: HealthChecker?
         var handover: HandoverServer?
+        var admin: AdminServer?
         var live: LiveState?
         var reloadPending = false
         let forcedStop = Timer(base: base) { base.exit() }
@@ -148,9 +151,46 @@ public final class Engine {
             }
         }
         defer { pidFile?.remove() }
+        // The admin API, if configured, serves from the start (status while the first checks run); a token
+        // that cannot be read or an address that cannot be bound stops the start.
+        let startAdmin = { [logger, configPath] (settings: FulcrumConfig.Admin) throws(SystemError) -> AdminServer in
+            let server = try AdminServer(settings: settings, state: state, configPath: configPath, logger: logger)
+            server.reload = {
+                guard let configPath, phase == .serving else {
+                    return .failed(errors: [phase == .serving ? "this process has no configuration file to re-read"
+                                                              : "the process is not serving (starting or stopping)"])
+                }
+                return state.reload(path: configPath)
+            }
+            return server
+        }
+        if let settings = config.admin {
+            do throws(SystemError) {
+                admin = try startAdmin(settings)
+            } catch {
+                state.closeListeners()
+                throw error
+            }
+        }
+        state.onReloaded = { [logger] new in
+            // `admin:` changes with a reload: moved, turned on or off, or a token file read again.
+            switch (admin, new.admin) {
+            case (let server?, let settings?): server.apply(settings)
+            case (let server?, nil):
+                server.close()
+                admin = nil
+            case (nil, let settings?):
+                do throws(SystemError) {
+                    admin = try startAdmin(settings)
+                } catch {
+                    logger.error("admin: cannot start the admin API the reload turned on", metadata: ["error": "\(error)"])
+                }
+            case (nil, nil): break
+            }
+        }
         let seed = UInt64(truncatingIfNeeded: base.monotonicMicroseconds) ^ UInt64(getpid())
-        let health = HealthChecker(base: base, seed: seed, logger: logger) { [unowned state] pool, slot, verdict, passed, reason in
-            state.checked(pool: pool, slot: slot, state: verdict, passed: passed, reason: reason)
+        let health = HealthChecker(base: base, seed: seed, logger: logger) { [unowned state] pool, slot, verdict, passed, reason, change in
+            state.checked(pool: pool, slot: slot, state: verdict, passed: passed, reason: reason, change: change)
         }
         checker = health
         state.health = health
@@ -239,6 +279,7 @@ public final class Engine {
         done = nil
         for pipe in pipes { pipe.close() }
         enginePipe.close()
+        admin?.close()
         withExtendedLifetime((done, watchers, forcedStop)) {}
         if phase == .stopping {
             logger.warning("stopped: open connections were closed")

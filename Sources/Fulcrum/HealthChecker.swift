@@ -7,9 +7,10 @@ import Logging
 /// checks is probed; a removed backend or a retired pool is not, and keeps its last state in case it comes
 /// back. Each verdict that changes a backend's state, and each pass, goes to `report`.
 final class HealthChecker {
-    /// A verdict for the engine: pool, slot, the backend's state, whether the probe passed, and why it
-    /// failed.
-    typealias Report = (_ pool: Int, _ slot: Int, _ state: ActiveHealth.State, _ passed: Bool, _ reason: String?) -> Void
+    /// A verdict for the engine: pool, slot, the backend's state, whether the probe passed, why it failed,
+    /// and, when the state changed, what happened (`check: connect refused after 3 ms (fall 3/3)`).
+    typealias Report = (_ pool: Int, _ slot: Int, _ state: ActiveHealth.State, _ passed: Bool, _ reason: String?,
+                        _ change: String?) -> Void
 
     private let base: EventBase
     private var logger: Logger
@@ -166,14 +167,15 @@ final class HealthChecker {
     private func probe(_ target: Target) {
         let (send, expectsReply, judge) = Self.plan(target.health.check, host: "\(target.address)")
         let epoch = target.epoch
+        let started = base.monotonicMicroseconds
         Probe.start(base: base, endpoint: target.endpoint, timeoutMicroseconds: target.health.timeout.inMicroseconds,
                     send: send, expectsReply: expectsReply, judge: judge) { [weak self, weak target] verdict in
             guard let self, let target, target.timer != nil, target.epoch == epoch else { return }
-            self.record(target, verdict)
+            self.record(target, verdict, took: self.base.monotonicMicroseconds - started)
         }
     }
 
-    private func record(_ target: Target, _ verdict: Probe.Verdict) {
+    private func record(_ target: Target, _ verdict: Probe.Verdict, took: Int64) {
         if case .inconclusive(let why) = verdict {
             // The proxy's own resources ran out: the backend's state stays as it was.
             logger.warning("active check could not run: out of a local resource; the backend's state is unchanged", metadata: [
@@ -186,7 +188,13 @@ final class HealthChecker {
         var reason: String?
         if case .fail(let why) = verdict { reason = why }
         let change = target.state.record(success: success, error: reason)
+        var detail: String?
         if let change {
+            let check = Self.name(target.health.check)
+            let elapsed = Duration.microseconds(took).configText
+            detail = change == .up
+                ? "check \(check) passed in \(elapsed) (rise \(target.state.successes)/\(target.state.successes))"
+                : "check \(check) failed: \(reason ?? "") after \(elapsed) (fall \(target.state.failures)/\(target.state.failures))"
             let metadata: Logger.Metadata = [
                 "pool": "\(target.poolName)", "backend": "\(target.address)", "check": "\(Self.name(target.health.check))",
             ]
@@ -197,7 +205,7 @@ final class HealthChecker {
             }
         }
         if change != nil || success {
-            report(target.pool, target.slot, target.state.state, success, reason)
+            report(target.pool, target.slot, target.state.state, success, reason, detail)
         }
         target.timer?.schedule(after: target.schedule.nextDelay(for: target.state.state))
         if !target.hasVerdict {

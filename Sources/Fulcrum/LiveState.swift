@@ -20,7 +20,7 @@ final class LiveState {
     /// The configuration in effect (a reload keeps the running values of the keys that need a restart).
     private(set) var config: FulcrumConfig
     /// Every pool the process has run, by index; a pool the file no longer defines is `retired`.
-    private(set) var pools: [LivePool] = []
+    var pools: [LivePool] = []
     /// What the workers of each pool share, by pool index.
     private(set) var shared: [PoolShared] = []
     /// Listening sockets by listener name: one per worker, all on the listener's address.
@@ -34,16 +34,20 @@ final class LiveState {
     private(set) var reloadsSucceeded = 0
     private(set) var reloadsFailed = 0
     /// The generation whose application by every worker is still to be logged, and what it was.
-    private var pendingApply: (generation: Int, what: String)?
+    /// What waits for every worker to apply a generation: the reload's log line and notification, an
+    /// admin request's answer.
+    private var waiters: [(generation: Int, done: () -> Void)] = []
     /// Listeners whose pool a reload added with active checks, held until its backends' first checks
     /// (like a start, and like Envoy's cluster warming): the pool each accepts for meanwhile (its previous
     /// one), or nil for a new listener, whose clients wait in the kernel's accept queue.
     private var held: [String: Int?] = [:]
     /// Ends every hold after `Engine.firstChecksWaitMicroseconds`, as a start waits no longer.
     private var holdTimer: Timer?
-    private let base: EventBase
-    private var logger: Logger
+    let base: EventBase
+    var logger: Logger
     weak var health: HealthChecker?
+    /// Told the configuration a reload committed, for what the engine owns (the admin API).
+    var onReloaded: ((FulcrumConfig) -> Void)?
 
     struct BoundListener {
         var config: FulcrumConfig.Listener
@@ -144,9 +148,18 @@ final class LiveState {
 
     // MARK: - Reload
 
+    /// How a reload went.
+    enum ReloadOutcome {
+        /// Applied as generation `generation` (every worker has it once `whenApplied` says so).
+        case applied(generation: Int, changes: [String], restartNeeded: [String])
+        /// Nothing changed: the errors, as `fulcrum check` prints them.
+        case failed(errors: [String])
+    }
+
     /// Re-reads the file and applies what changed, as a diff: nothing is restarted, no connection is cut.
     /// An invalid file, or a new listener that cannot be bound, changes nothing.
-    func reload(path: String) {
+    @discardableResult
+    func reload(path: String) -> ReloadOutcome {
         ServiceNotify.reloading(logger: logger)
         let loaded: FulcrumConfig
         do {
@@ -158,11 +171,10 @@ final class LiveState {
             logger.error("reload failed: the configuration is invalid; nothing changed, the running configuration stays", metadata: [
                 "config": "\(path)", "reloads_failed": "\(reloadsFailed)",
             ])
-            for line in lines where !line.isEmpty && !line.hasSuffix("error:") && !line.hasSuffix("errors:") {
-                logger.error("reload failed: \(line)", metadata: ["config": "\(path)"])
-            }
+            let errors = lines.filter { !$0.isEmpty && !$0.hasSuffix("error:") && !$0.hasSuffix("errors:") }
+            for line in errors { logger.error("reload failed: \(line)", metadata: ["config": "\(path)"]) }
             ServiceNotify.reloaded(logger: logger)
-            return
+            return .failed(errors: errors)
         }
         let diff = ConfigDiff(from: config, to: loaded)
         for change in diff.changes {
@@ -179,13 +191,13 @@ final class LiveState {
             logger.error("reload failed: \(error); nothing changed, the running configuration stays", metadata: [
                 "config": "\(path)", "reloads_failed": "\(reloadsFailed)",
             ])
+            var errors = ["\(error)"]
             if error.errno == EADDRINUSE {
-                logger.error("reload failed: an address in use by one of this process's own listeners (a wildcard and a specific address on one port) is changed in two reloads, through another port, or by a restart", metadata: [
-                    "config": "\(path)",
-                ])
+                errors.append("an address in use by one of this process's own listeners (a wildcard and a specific address on one port) is changed in two reloads, through another port, or by a restart")
+                logger.error("reload failed: \(errors[1])", metadata: ["config": "\(path)"])
             }
             ServiceNotify.reloaded(logger: logger)
-            return
+            return .failed(errors: errors)
         }
         // Committed from here on.
         let drainTimeoutChanged = target.drainTimeout != config.drainTimeout
@@ -214,6 +226,8 @@ final class LiveState {
         reloadsSucceeded += 1
         let applying = diff.changes.filter { if case .needsRestart = $0 { return false } else { return true } }
         for change in applying { logger.info("reload: \(change)") }
+        recordConfigEvents(applying)
+        onReloaded?(target)
         // A pool added with active checks takes clients once its backends have had their first checks.
         let warming = (poolCountBefore..<pools.count).filter {
             pools[$0].settings.resilience.health != nil && !pools[$0].listed.isEmpty
@@ -228,7 +242,11 @@ final class LiveState {
             "config": "\(path)", "changes": "\(applying.count)", "generation": "\(generation)",
             "reloads": "\(reloadsSucceeded)",
         ])
-        pendingApply = (generation, "reload")
+        let generation = self.generation
+        whenApplied(generation) { [logger, workers] in
+            logger.info("reload applied by every worker", metadata: ["generation": "\(generation)", "workers": "\(workers)"])
+            ServiceNotify.reloaded(logger: logger)
+        }
         for pool in pools { health?.update(pool) }
         for index in warming {
             health?.whenChecked(pool: index) { [weak self] in self?.release(pool: index) }
@@ -244,9 +262,30 @@ final class LiveState {
             }
             holdTimer?.schedule(after: Engine.firstChecksWaitMicroseconds)
         }
+        return .applied(generation: generation, changes: applying.map(\.description),
+                        restartNeeded: diff.restartKeys)
     }
 
-    private func poolIndex(_ name: String) -> Int? { pools.firstIndex { $0.name == name && !$0.retired } }
+    /// The changes a reload made to backends, in their histories.
+    private func recordConfigEvents(_ changes: [ConfigDiff.Change]) {
+        let now = WallClock.microseconds
+        for change in changes {
+            let id: BackendID
+            let message: String
+            switch change {
+            case .backendAdded(let backend, _): (id, message) = (backend, "config: added by a reload")
+            case .backendRemoved(let backend): (id, message) = (backend, "config: removed by a reload; draining")
+            case .backendChanged(let backend, _, _, _):
+                (id, message) = (backend, "config: " + String(change.description.dropFirst("backend \(backend): ".count)))
+            default: continue
+            }
+            guard let pool = poolIndex(id.pool), let slot = pools[pool].slot(of: id.address) else { continue }
+            pools[pool].record(slot: slot, BackendEvent(at: now, source: .config, message: message))
+        }
+    }
+
+    /// The index of the pool the configuration names so (not retired).
+    func poolIndex(_ name: String) -> Int? { pools.firstIndex { $0.name == name && !$0.retired } }
 
     /// The first checks of a pool a reload added are done (or took too long): its listeners accept for it.
     private func release(pool index: Int, timedOut: Bool = false) {
@@ -369,8 +408,8 @@ final class LiveState {
     }
 
     /// An active check's verdict: recorded here and sent to every worker.
-    func checked(pool: Int, slot: Int, state: ActiveHealth.State, passed: Bool, reason: String?) {
-        pools[pool].checked(slot: slot, state, reason: reason)
+    func checked(pool: Int, slot: Int, state: ActiveHealth.State, passed: Bool, reason: String?, change: String?) {
+        pools[pool].checked(slot: slot, state, reason: reason, at: WallClock.microseconds, detail: change)
         for mailbox in mailboxes { mailbox.post(.checked(pool: pool, slot: slot, state: state, passed: passed)) }
     }
 
@@ -380,17 +419,39 @@ final class LiveState {
         switch report {
         case .applied(let worker, let generation):
             applied[worker] = max(applied[worker], generation)
-            if let pending = pendingApply, applied.allSatisfy({ $0 >= pending.generation }) {
-                pendingApply = nil
-                logger.info("\(pending.what) applied by every worker", metadata: [
-                    "generation": "\(pending.generation)", "workers": "\(workers)",
-                ])
-                ServiceNotify.reloaded(logger: logger)
-            }
+            let done = applied.min() ?? generation
+            let ready = waiters.filter { $0.generation <= done }
+            waiters.removeAll { $0.generation <= done }
+            for waiter in ready { waiter.done() }
         case .breaker(let worker, let pool, let slot, let breaker):
             pools[pool].breakerChanged(slot: slot, worker: worker, breaker)
+            let what: String
+            switch breaker.state {
+            case .open: what = "opened"
+            case .halfOpen: what = "half-open"
+            case .closed: what = "closed"
+            }
+            let summary = pools[pool].backends[slot].breaker
+            pools[pool].record(slot: slot, BackendEvent(
+                at: WallClock.microseconds, source: .breaker,
+                message: "breaker \(what) on worker \(worker)\(breaker.reason.map { ": \($0)" } ?? "") (now \(summary))"))
         }
     }
+
+    /// Calls `done` once every worker has applied `generation` (at once if they have).
+    func whenApplied(_ generation: Int, _ done: @escaping () -> Void) {
+        if applied.allSatisfy({ $0 >= generation }) { done() } else { waiters.append((generation, done)) }
+    }
+
+    /// Tells every worker every pool's state again, after a runtime change; returns the generation to wait
+    /// for.
+    func publish() -> Int {
+        post(to: Array(0..<workers), drainTimeout: nil)
+        return generation
+    }
+
+    /// Where a listener's sockets are bound.
+    func listenerEndpoint(_ name: String) -> Endpoint? { bound[name]?.endpoint }
 
     /// Every listener with its listening sockets, for a process that takes over.
     var listenerSockets: [(FulcrumConfig.Listener, [Int32])] {

@@ -180,6 +180,7 @@ final class PoolHealth {
     func record(_ outcome: CircuitBreaker.Outcome, backend: Int, trial: Bool, now: Microseconds) {
         guard breakersEnabled else { return }
         let before = breakers[backend].state
+        let consecutive = breakers[backend].consecutive + 1
         let admitted = breakers[backend].wouldAdmit(now: now)
         let changed = breakers[backend].record(outcome, trial: trial, now: now)
         if changed {
@@ -191,7 +192,16 @@ final class PoolHealth {
                     "ejected_for": "\(Duration.microseconds(until - now).configText)",
                     "ejections": "\(breakers[backend].ejections)", "from": "\(before)",
                 ])
-                onBreakerChanged?(backend, BreakerReport(state: .open, since: now, reason: outcome.rawValue))
+                let settings = breakers[backend].settings
+                let why: String
+                if before == .halfOpen {
+                    why = "half-open trial failed (\(outcome.rawValue))"
+                } else if consecutive >= settings.consecutiveFailures {
+                    why = "\(consecutive) consecutive failures (\(outcome.rawValue))"
+                } else {
+                    why = "failure ratio reached \(Int((settings.failureRatio ?? 0) * 100))% over \(Duration.microseconds(settings.window).configText) (\(outcome.rawValue))"
+                }
+                onBreakerChanged?(backend, BreakerReport(state: .open, since: now, reason: "\(why), ejected for \(Duration.microseconds(until - now).configText)"))
                 onBreakerOpened?(until)
             case .closed:
                 logger.notice("breaker closed: backend back in rotation", metadata: ["backend": "\(address)"])

@@ -8,7 +8,7 @@ import Glibc
 
 @main
 struct FulcrumCommand: ParsableCommand {
-    static let version = "0.1.0"
+    static let version = Engine.version
 
     static let configuration = CommandConfiguration(
         commandName: "fulcrum",

@@ -27,6 +27,7 @@ enum Plan {
             "buffer_size:    \(needsRestart(restart[1]))",
             "pid_file:       \(needsRestart(restart[2]))",
             "upgrade_socket: \(needsRestart(restart[3]))",
+            "admin:          \(admin(config.admin))",
             "",
         ]
         for listener in config.listeners {
@@ -39,6 +40,19 @@ enum Plan {
             if users.isEmpty { lines.append("  note: no listener uses this pool") }
         }
         return lines.joined(separator: "\n")
+    }
+
+    /// The admin API's address and where its token comes from; never the token itself.
+    static func admin(_ admin: FulcrumConfig.Admin?) -> String {
+        guard let admin else { return "off" }
+        let token: String
+        switch admin.token {
+        case .file(let path)?: token = "token from file \(path)"
+        case .environment(let name)?: token = "token from environment variable \(name)"
+        case .literal?: token = "token set in this file (not shown)"
+        case nil: token = "no token (loopback only: anyone on this host may change things)"
+        }
+        return "http://\(admin.address)/, \(token)"
     }
 
     static func describe(_ pool: FulcrumConfig.Pool) -> [String] {

@@ -18,6 +18,8 @@ public struct FulcrumConfig: Equatable, Sendable {
     public var pidFile: String?
     /// Where a running process serves its listening sockets to a new process (binary upgrade); off if nil.
     public var upgradeSocket: String?
+    /// The admin API (`admin:`); nil when off.
+    public var admin: Admin?
 
     public static let defaultDrainTimeout: Duration = .seconds(30)
     public static let defaultBufferSize = 256 << 10
@@ -32,6 +34,35 @@ public struct FulcrumConfig: Equatable, Sendable {
         self.bufferSize = bufferSize
         self.listeners = listeners
         self.pools = pools
+    }
+
+    /// The admin API: status, metrics, the status page and runtime changes, served by the main thread.
+    public struct Admin: Equatable, Sendable {
+        public enum Token: Equatable, Sendable {
+            /// Read from this file at start and on every reload (surrounding whitespace trimmed).
+            case file(String)
+            /// Read from this environment variable at start.
+            case environment(String)
+            /// Written in the configuration itself; `fulcrum check` never prints it.
+            case literal(String)
+        }
+
+        public var address: SocketAddress
+        /// Required by every request that changes something; nil: none needed (loopback only).
+        public var token: Token?
+
+        public init(address: SocketAddress, token: Token? = nil) {
+            self.address = address
+            self.token = token
+        }
+
+        /// Loopback addresses (127.0.0.0/8, ::1): the only ones the admin may listen on without a token.
+        public var isLoopback: Bool {
+            switch address {
+            case .ipv4(let a, _): return a.0 == 127
+            case .ipv6(let bytes, _): return bytes == [UInt8](repeating: 0, count: 15) + [1]
+            }
+        }
     }
 
     public func pool(named name: String) -> Pool? { pools.first { $0.name == name } }

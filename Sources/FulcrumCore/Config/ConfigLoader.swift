@@ -3,7 +3,8 @@ import Yams
 /// Parses and validates a configuration file's text into a `FulcrumConfig`, or throws a `ConfigError`
 /// listing every problem at once. Reads no files itself: callers pass the text and the name to report.
 public enum ConfigLoader {
-    static let topKeys = ["workers", "drain_timeout", "buffer_size", "pid_file", "upgrade_socket", "listeners", "pools"]
+    static let topKeys = ["workers", "drain_timeout", "buffer_size", "pid_file", "upgrade_socket", "admin", "listeners",
+                          "pools"]
     static let listenerKeys = ["name", "listen", "pool", "backlog"]
     static let poolKeys = ["backends", "balance", "connect_timeout", "idle_timeout", "retries", "slow_start", "queue"]
         + resilienceKeys
@@ -79,8 +80,12 @@ public enum ConfigLoader {
 
         let pools = buildPools(top, &r)
         let listeners = buildListeners(top, pools: pools, &r)
-        return FulcrumConfig(workers: workers, drainTimeout: drain, bufferSize: bufferSize,
-                             listeners: listeners, pools: pools, pidFile: pidFile, upgradeSocket: upgradeSocket)
+        var config = FulcrumConfig(workers: workers, drainTimeout: drain, bufferSize: bufferSize,
+                                   listeners: listeners, pools: pools, pidFile: pidFile, upgradeSocket: upgradeSocket)
+        if let node = top["admin"] {
+            config.admin = buildAdmin(node, listeners: listeners, &r)
+        }
+        return config
     }
 
     /// Two listen addresses of one family on one port, one of them the wildcard (0.0.0.0 or [::]): the

@@ -25,6 +25,8 @@ public struct ConfigDiff: Equatable, Sendable {
         /// `workers` or `buffer_size` changed: it takes a restart, and the process keeps running `running`.
         case needsRestart(key: String, running: String, loaded: String)
         case drainTimeoutChanged(from: Duration, to: Duration)
+        /// The admin API moves, changes its token source, or is turned on or off.
+        case adminChanged(from: FulcrumConfig.Admin?, to: FulcrumConfig.Admin?)
 
         // MARK: Pools
         case poolAdded(FulcrumConfig.Pool)
@@ -58,6 +60,9 @@ public struct ConfigDiff: Equatable, Sendable {
                 return "\(key): needs restart: kept running value \(running) (file has \(loaded))"
             case let .drainTimeoutChanged(from, to):
                 return "drain_timeout: \(from.configText) -> \(to.configText)"
+            case let .adminChanged(from, to):
+                return "admin: \(from.map { "\($0.address)" } ?? "off") -> \(to.map { "\($0.address)" } ?? "off")"
+                    + (from?.token != to?.token && from != nil && to != nil ? " (token source changed)" : "")
             case let .poolAdded(pool):
                 return "pool \(pool.name): added with \(pool.backends.count) backend(s)"
             case let .poolRemoved(name):
@@ -143,6 +148,9 @@ public struct ConfigDiff: Equatable, Sendable {
         }
         if running.drainTimeout != loaded.drainTimeout {
             changes.append(.drainTimeoutChanged(from: running.drainTimeout, to: loaded.drainTimeout))
+        }
+        if running.admin != loaded.admin {
+            changes.append(.adminChanged(from: running.admin, to: loaded.admin))
         }
         return changes
     }

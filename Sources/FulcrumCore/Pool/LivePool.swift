@@ -76,6 +76,27 @@ public struct BreakerSummary: Equatable, Sendable, CustomStringConvertible {
     }
 }
 
+/// One entry of a backend's event history: what changed, why, and who did it.
+public struct BackendEvent: Equatable, Sendable {
+    public enum Source: String, Sendable {
+        case check
+        case breaker
+        case `operator`
+        case config
+    }
+
+    /// Wall-clock time, microseconds since the Unix epoch (for people; nothing is timed by it).
+    public var at: Int64
+    public var source: Source
+    public var message: String
+
+    public init(at: Int64, source: Source, message: String) {
+        self.at = at
+        self.source = source
+        self.message = message
+    }
+}
+
 /// One backend of a pool as it runs now.
 public struct LiveBackend: Equatable, Sendable {
     /// The backend's place in every worker's arrays for this pool: assigned when its address is first seen
@@ -96,6 +117,16 @@ public struct LiveBackend: Equatable, Sendable {
     public var checkReason: String?
     /// Each worker's breaker, as last reported.
     public var breakers: [BreakerReport]
+    /// The last `LivePool.eventCapacity` changes, oldest first.
+    public private(set) var events: [BackendEvent] = []
+    /// When the check state last changed (wall clock, microseconds).
+    public var checkSince: Int64?
+
+    mutating func record(_ event: BackendEvent) {
+        if events.count >= LivePool.eventCapacity { events.removeFirst(events.count - LivePool.eventCapacity + 1) }
+        events.append(event)
+    }
+
     /// Counts the times the backend came back after it was gone for good (removed, and no connection of
     /// its left): each time it starts over, unknown to the checks and with closed breakers, like a new one.
     public var incarnation = 0
@@ -170,6 +201,8 @@ public struct LivePool: Sendable {
 
     /// Slots a pool can have over the life of the process (the shared connection counters' size).
     public static let maxSlots = SharedBackendCounters.maxBackends
+    /// Events kept per backend.
+    public static let eventCapacity = 64
 
     public init(index: Int, pool: FulcrumConfig.Pool, workers: Int, source: ValueSource = .file) {
         self.index = index
@@ -276,11 +309,23 @@ public struct LivePool: Sendable {
 
     // MARK: - Reports
 
-    /// The health checker's latest verdict on a backend.
-    public mutating func checked(slot: Int, _ state: ActiveHealth.State, reason: String?) {
+    /// The health checker's latest verdict on a backend; a change of state at `at` goes into its history
+    /// with `detail`.
+    public mutating func checked(slot: Int, _ state: ActiveHealth.State, reason: String?, at: Int64 = 0,
+                                 detail: String? = nil) {
         guard backends.indices.contains(slot) else { return }
+        if backends[slot].check != state {
+            backends[slot].checkSince = at
+            backends[slot].record(BackendEvent(at: at, source: .check, message: detail ?? "check: \(state.rawValue)"))
+        }
         backends[slot].check = state
         backends[slot].checkReason = state == .down ? reason : nil
+    }
+
+    /// Adds an entry to a backend's history.
+    public mutating func record(slot: Int, _ event: BackendEvent) {
+        guard backends.indices.contains(slot) else { return }
+        backends[slot].record(event)
     }
 
     /// A worker's breaker for a backend changed.

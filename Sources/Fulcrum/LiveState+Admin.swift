@@ -1,0 +1,172 @@
+import EventLoop
+import FulcrumCore
+import Glibc
+
+/// What the admin API reads and changes: the live state, as JSON, and the runtime operations (operator
+/// overrides, weight overrides, reload). Every change goes through `LivePool`'s operations and reaches the
+/// workers as snapshots, like a reload; the caller hears back once every worker has applied it.
+extension LiveState {
+    enum AdminError: Error, Equatable {
+        case unknownPool(String)
+        case unknownBackend(pool: String, backend: String)
+
+        var message: String {
+            switch self {
+            case .unknownPool(let name): return "no pool named '\(name)'"
+            case .unknownBackend(let pool, let backend): return "pool '\(pool)' has no backend '\(backend)'"
+            }
+        }
+    }
+
+    /// The pool and slot an admin path names (`app`, `127.0.0.1:9001` or `[::1]:9001`).
+    func locate(pool name: String, backend text: String) throws(AdminError) -> (pool: Int, slot: Int) {
+        guard let pool = poolIndex(name) else { throw .unknownPool(name) }
+        guard case .success(let address) = ConfigValue.address(text), let slot = pools[pool].slot(of: address) else {
+            throw .unknownBackend(pool: name, backend: text)
+        }
+        return (pool, slot)
+    }
+
+    /// Sets (or clears, with nil) the operator-state override of a backend; returns the generation that
+    /// carries it to the workers.
+    func adminSetState(pool: Int, slot: Int, _ state: OperatorState?, by who: String) -> Int {
+        let address = pools[pool].backends[slot].id.address
+        let before = pools[pool].backends[slot].effective.state
+        pools[pool].setOperatorState(address, state)
+        let after = pools[pool].backends[slot].effective.state
+        let message = state.map { "operator: \($0.rawValue) via admin (was \(before.rawValue))" }
+            ?? "operator: state override cleared via admin (now \(after.rawValue), from the file)"
+        return adminChanged(pool: pool, slot: slot, message, by: who)
+    }
+
+    /// Sets (or clears, with nil) the weight override of a backend.
+    func adminSetWeight(pool: Int, slot: Int, _ weight: Int?, by who: String) -> Int {
+        let address = pools[pool].backends[slot].id.address
+        let before = pools[pool].backends[slot].effective.weight
+        pools[pool].setWeight(address, weight)
+        let after = pools[pool].backends[slot].effective.weight
+        let message = weight.map { "operator: weight \(before) -> \($0) via admin" }
+            ?? "operator: weight override cleared via admin (now \(after), from the file)"
+        return adminChanged(pool: pool, slot: slot, message, by: who)
+    }
+
+    private func adminChanged(pool: Int, slot: Int, _ message: String, by who: String) -> Int {
+        pools[pool].record(slot: slot, BackendEvent(at: WallClock.microseconds, source: .operator, message: message))
+        let generation = publish()
+        logger.notice("admin: \(message)", metadata: [
+            "backend": "\(pools[pool].backends[slot].id)", "peer": "\(who)", "generation": "\(generation)",
+        ])
+        return generation
+    }
+
+    // MARK: - Status
+
+    /// Everything `GET /status` shows.
+    func statusJSON(uptime: Int64, configPath: String?) -> JSON {
+        let monotonic = base.monotonicMicroseconds
+        let wall = WallClock.microseconds
+        return .object([
+            "fulcrum": .object([
+                "version": .string(Engine.version), "pid": .int(Int(getpid())), "workers": .int(workers),
+                "uptime_seconds": .int(Int(uptime / 1_000_000)), "config": .optional(configPath),
+                "generation": .int(generation),
+                "reloads": .object(["succeeded": .int(reloadsSucceeded), "failed": .int(reloadsFailed)]),
+            ]),
+            "listeners": .array(config.listeners.map { listener in
+                .object([
+                    "name": .string(listener.name),
+                    "address": .string(boundAddress(listener.name) ?? "\(listener.address)"),
+                    "pool": .string(listener.pool),
+                ])
+            }),
+            "pools": .array(pools.indices.filter { !pools[$0].retired }.map { index in
+                poolJSON(index, monotonic: monotonic, wall: wall)
+            }),
+        ])
+    }
+
+    private func poolJSON(_ index: Int, monotonic: Int64, wall: Int64) -> JSON {
+        let pool = pools[index]
+        let shown = pool.backends.filter { $0.listed || shared[index].counters.count($0.slot) > 0 }
+        return .object([
+            "name": .string(pool.name),
+            "balance": .string(pool.settings.balance.name),
+            "active_checks": .bool(pool.settings.resilience.health != nil),
+            "connections_active": .int(shared[index].counters.total),
+            "queue_length": .int(shared[index].order.waiting),
+            "backends": .array(shown.map { backendJSON(index, $0, monotonic: monotonic, wall: wall) }),
+        ])
+    }
+
+    /// One backend as `/status` and the admin's answers show it.
+    func backendJSON(_ pool: Int, _ backend: LiveBackend, monotonic: Int64, wall: Int64) -> JSON {
+        let settings = pools[pool].settings
+        let effective = backend.effective
+        let breaker = backend.breaker
+        func time(_ at: Int64?) -> JSON { at.map { .string(Self.iso8601($0)) } ?? .null }
+        // Breaker times are monotonic: shown on the wall clock.
+        let breakerSince = breaker.since.map { wall - (monotonic - $0) }
+        let checks = settings.resilience.health != nil
+        return .object([
+            "address": .string("\(backend.id.address)"),
+            "listed": .bool(backend.listed),
+            "up": .bool(isUp(backend, checks: checks)),
+            "weight": .object([
+                "value": .int(effective.weight), "source": .string(backend.source(of: "weight").rawValue),
+                "file": .int(backend.base.weight),
+            ]),
+            "priority": .int(effective.priority),
+            "max_connections": effective.maxConnections.map(JSON.int) ?? .null,
+            "state": .object([
+                "value": .string(effective.state.rawValue), "source": .string(backend.source(of: "state").rawValue),
+                "file": .string(backend.base.state.rawValue),
+            ]),
+            "check": checks ? .object([
+                "state": .string(backend.check.rawValue), "reason": .optional(backend.checkReason),
+                "since": time(backend.checkSince),
+            ]) : .null,
+            "breaker": .object([
+                "state": .string(breaker.open > 0 ? "open" : breaker.halfOpen > 0 ? "half-open" : "closed"),
+                "summary": .string(breaker.description),
+                "open_workers": .int(breaker.open), "half_open_workers": .int(breaker.halfOpen),
+                "workers": .int(breaker.workers), "since": time(breakerSince), "reason": .optional(breaker.reason),
+            ]),
+            "connections": .object(["active": .int(shared[pool].counters.count(backend.slot))]),
+            "events": .string("/pools/\(pools[pool].name)/backends/\(backend.id.address)/events"),
+        ])
+    }
+
+    /// Eligible as the main loop knows it: listed, enabled by the operator, up by its checks (when the pool
+    /// has any) and its breaker closed on every worker.
+    func isUp(_ backend: LiveBackend, checks: Bool) -> Bool {
+        backend.listed && backend.effective.state == .enabled && (!checks || backend.check == .up) && backend.breaker.isClosed
+    }
+
+    /// A backend's event history, oldest first.
+    func eventsJSON(pool: Int, slot: Int) -> JSON {
+        let backend = pools[pool].backends[slot]
+        return .object([
+            "pool": .string(pools[pool].name),
+            "backend": .string("\(backend.id.address)"),
+            "events": .array(backend.events.map { event in
+                .object([
+                    "at": .string(Self.iso8601(event.at)), "source": .string(event.source.rawValue),
+                    "message": .string(event.message),
+                ])
+            }),
+        ])
+    }
+
+    private func boundAddress(_ listener: String) -> String? { listenerEndpoint(listener).map { "\($0)" } }
+
+    /// `2026-11-21T15:05:18.123Z` for wall-clock microseconds.
+    static func iso8601(_ microseconds: Int64) -> String {
+        var seconds = time_t(microseconds / 1_000_000)
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        func two(_ n: Int32) -> String { n < 10 ? "0\(n)" : "\(n)" }
+        let millis = Int(microseconds % 1_000_000 / 1_000)
+        let ms = millis < 10 ? "00\(millis)" : millis < 100 ? "0\(millis)" : "\(millis)"
+        return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)).\(ms)Z"
+    }
+}
