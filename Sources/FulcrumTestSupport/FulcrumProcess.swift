@@ -83,6 +83,8 @@ public final class FulcrumProcess: @unchecked Sendable {
     public let process = Process()
     private let directory: TemporaryDirectory
     private let collector = LogCollector()
+    /// The admin API's port, when the configuration turns it on.
+    public private(set) var adminPort: UInt16?
     /// The port each listener bound, by listener name.
     public private(set) var ports: [String: UInt16] = [:]
     /// The configuration file the process was started with (`--config`), which SIGHUP makes it re-read.
@@ -121,6 +123,10 @@ public final class FulcrumProcess: @unchecked Sendable {
         } catch {
             stop()
             throw error
+        }
+        for line in log where line.contains("admin API on http://") {
+            let address = line.components(separatedBy: "admin API on http://").last ?? ""
+            adminPort = address.split(separator: "/").first.flatMap { $0.split(separator: ":").last }.flatMap { UInt16($0) }
         }
         for line in log where line.contains("listening on ") {
             guard let listener = field("listener", in: line),

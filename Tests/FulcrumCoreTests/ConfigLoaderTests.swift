@@ -584,4 +584,32 @@ extension ConfigLoaderTests {
         let off = try ConfigLoader.load(text: "listeners:\n  - {name: a, listen: 127.0.0.1:7000, pool: app}\n\(onePool)", file: "ok.yaml")
         #expect(off.upgradeSocket == nil)
     }
+
+    @Test func adminSettings() throws {
+        func load(_ admin: String) throws -> FulcrumConfig {
+            try ConfigLoader.load(text: """
+            admin: \(admin)
+            listeners: [{name: a, listen: 127.0.0.1:7000, pool: p}]
+            pools: {p: {backends: [127.0.0.1:9001]}}
+            """, file: "admin.yaml")
+        }
+        #expect(try load("{listen: 127.0.0.1:9901}").admin == FulcrumConfig.Admin(address: .ipv4((127, 0, 0, 1), port: 9901)))
+        #expect(try load("{listen: 0.0.0.0:9901, token_file: /etc/fulcrum/token}").admin?.token == .file("/etc/fulcrum/token"))
+        #expect(try load("{listen: '[::1]:9901', token_env: FULCRUM_TOKEN}").admin?.token == .environment("FULCRUM_TOKEN"))
+        func error(_ admin: String) -> String {
+            do {
+                _ = try load(admin)
+                return "accepted"
+            } catch {
+                return "\(error)"
+            }
+        }
+        #expect(error("{listen: 0.0.0.0:9901}").contains("admin.yaml:1: admin.listen: the admin API listens on 0.0.0.0:9901, which is not a loopback address, without a token"))
+        #expect(error("{listen: 127.0.0.1:7000}").contains("also the address of listener 'a'"))
+        #expect(error("{listen: 127.0.0.1:9901, token_file: /a, token_env: B}").contains("one token source"))
+        #expect(error("{listen: 127.0.0.1:9901, token: short}").contains("at least 16"))
+        #expect(error("{listen: 127.0.0.1:9901, token_env: 'A-B'}").contains("not an environment variable name"))
+        #expect(error("{token_file: /a}").contains("missing required key 'listen'"))
+        #expect(error("{listen: 127.0.0.1:9901, tokn: x}").contains("did you mean 'token'"))
+    }
 }
