@@ -434,7 +434,7 @@ final class LiveState {
             let summary = pools[pool].backends[slot].breaker
             pools[pool].record(slot: slot, BackendEvent(
                 at: WallClock.microseconds, source: .breaker,
-                message: "breaker \(what) on worker \(worker)\(breaker.reason.map { ": \($0)" } ?? "") (now \(summary))"))
+                message: "breaker \(what) on worker \(worker)\(breaker.reason.map { ": \($0)" } ?? "") (now \(summary.counts))"))
         }
     }
 

@@ -153,7 +153,7 @@ private func file(_ backends: [FulcrumConfig.Backend], balance: BalanceStrategy 
         #expect(mixed.description == "open on 1 of 3 workers, half-open on 1 of 3 workers: connect timeout")
         #expect(mixed.since == 4)
         let closed = BreakerSummary([.closed, .closed])
-        #expect(closed.isClosed && closed.description == "closed" && closed.since == nil)
+        #expect(closed.isClosed && closed.description == "closed on all 2 workers" && closed.since == nil)
         // Through the live pool: a worker's report shows in the backend's summary.
         var pool = LivePool(index: 0, pool: file([backend(9001)]), workers: 2)
         pool.breakerChanged(slot: 0, worker: 0, BreakerReport(state: .open, since: 7, reason: "connect refused"))

@@ -67,12 +67,15 @@ public struct BreakerSummary: Equatable, Sendable, CustomStringConvertible {
     /// Closed on every worker.
     public var isClosed: Bool { open == 0 && halfOpen == 0 }
 
-    public var description: String {
-        if isClosed { return "closed" }
+    public var description: String { counts + (isClosed ? "" : reason.map { ": \($0)" } ?? "") }
+
+    /// How many workers have it open or half-open: `open on 1 of 2 workers`, or `closed`.
+    public var counts: String {
+        if isClosed { return "closed on all \(workers) workers" }
         var parts: [String] = []
         if open > 0 { parts.append("open on \(open) of \(workers) workers") }
         if halfOpen > 0 { parts.append("half-open on \(halfOpen) of \(workers) workers") }
-        return parts.joined(separator: ", ") + (reason.map { ": \($0)" } ?? "")
+        return parts.joined(separator: ", ")
     }
 }
 
