@@ -82,6 +82,10 @@ import Testing
         #expect(LatencyHistogram.quantile(0.5, counts: counts) == 56)
         #expect(LatencyHistogram.quantile(0.9, counts: counts) == 100)
         #expect(LatencyHistogram.quantile(0.99, counts: counts) == 95_000)
+        var histogram = HistogramCounts()
+        histogram.buckets = counts
+        #expect(histogram.percentiles == LatencyPercentiles(p50: 56, p90: 100, p99: 95_000))
+        #expect(HistogramCounts().percentiles == LatencyPercentiles(p50: nil, p90: nil, p99: nil))
         // Everything above the last bound: the last finite bound, as histogram_quantile answers.
         counts = [Int](repeating: 0, count: LatencyHistogram.bucketCount)
         counts[16] = 3
@@ -98,7 +102,7 @@ import Testing
         #expect(counts.connect.sum == 20_003_150)
         #expect(counts.connect.buckets[0] == 2 && counts.connect.buckets[5] == 1 && counts.connect.buckets[16] == 1)
         #expect(counts.firstByte.buckets[3] == 1 && counts.firstByte.count == 1)
-        #expect(counts.connectionsTotal == 0)
+        #expect(counts[.connectionsTotal] == 0)
     }
 }
 
@@ -116,8 +120,8 @@ import Testing
         metrics.ensureCapacity(5_000)
         #expect((0..<WorkerPoolMetrics.segmentSize).map { metrics.address(of: $0) } == before)
         #expect((0..<40).map { metrics.address(of: $0) } == middle)
-        #expect(metrics.backend(3).read().connectionsTotal == 7)
-        #expect(metrics.backend(39).read().bytesToClient == 5)
+        #expect(metrics.backend(3).read()[.connectionsTotal] == 7)
+        #expect(metrics.backend(39).read()[.bytesToClient] == 5)
         #expect(metrics.record(4_999) != nil && metrics.record(5_000 + WorkerPoolMetrics.segmentSize) == nil)
         // Records are whole cache lines apart, so two slots never share one.
         let stride = Int(bitPattern: metrics.address(of: 1)) - Int(bitPattern: metrics.address(of: 0))
@@ -144,23 +148,23 @@ import Testing
             var last = 0
             var backwards = false
             while !done.flag.load(ordering: .acquiring) {
-                let value = metrics.record(0)!.read().bytesFromClient
+                let value = metrics.record(0)!.read()[.bytesFromClient]
                 if value < last { backwards = true }
                 last = value
                 var total = 0
-                for slot in 0..<2_016 { total += metrics.record(slot)?.read().connectionsTotal ?? 0 }
+                for slot in 0..<2_016 { total += metrics.record(slot)?.read()[.connectionsTotal] ?? 0 }
                 if total > rounds { backwards = true }
             }
             #expect(!backwards)
             await group.waitForAll()
         }
-        #expect(metrics.record(0)!.read().bytesFromClient == rounds)
+        #expect(metrics.record(0)!.read()[.bytesFromClient] == rounds)
         var total = 0
-        for slot in 0..<2_016 { total += metrics.record(slot)?.read().connectionsTotal ?? 0 }
+        for slot in 0..<2_016 { total += metrics.record(slot)?.read()[.connectionsTotal] ?? 0 }
         #expect(total == rounds)
         var pool = PoolCounts()
         pool.add(metrics)
-        #expect(pool.retries == rounds)
+        #expect(pool[.retries] == rounds)
     }
 
     @Test func countsSumOverWorkers() {
@@ -179,9 +183,9 @@ import Testing
             backend.add(worker.backend(1))
             pool.add(worker)
         }
-        #expect(backend.connectFailures == 3 && backend.failedRefused == 2 && backend.failedTimeout == 1)
-        #expect(backend.connectionsActive == 2)
-        #expect(pool.queueLength == 5 && pool.panicWorkers == 1)
+        #expect(backend.connectFailures == 3 && backend[.failedRefused] == 2 && backend[.failedTimeout] == 1)
+        #expect(backend[.connectionsActive] == 2)
+        #expect(pool[.queueLength] == 5 && pool[.panic] == 1)
     }
 
     @Test func listenerCountsPerWorker() {

@@ -12,38 +12,53 @@ public struct HistogramCounts: Equatable, Sendable {
     /// The `q` quantile (0...1), estimated from the buckets; nil with no observation.
     public func quantile(_ q: Double) -> Microseconds? { LatencyHistogram.quantile(q, counts: buckets) }
 
+    /// The median, 90th and 99th percentiles, as the status shows them.
+    public var percentiles: LatencyPercentiles {
+        LatencyPercentiles(p50: quantile(0.5), p90: quantile(0.9), p99: quantile(0.99))
+    }
+
     mutating func add(_ cells: MetricCell) {
         for i in 0..<LatencyHistogram.bucketCount { buckets[i] &+= (cells + i).value }
     }
 }
 
-/// One backend's values, read from one worker's record or summed over every worker.
+/// Latency percentiles in microseconds, estimated from a histogram's buckets; nil with no observation.
+public struct LatencyPercentiles: Equatable, Sendable {
+    public var p50: Microseconds?
+    public var p90: Microseconds?
+    public var p99: Microseconds?
+
+    public init(p50: Microseconds?, p90: Microseconds?, p99: Microseconds?) {
+        self.p50 = p50
+        self.p90 = p90
+        self.p99 = p99
+    }
+}
+
+/// One backend's values, read from one worker's record or summed over every worker: its counters and
+/// gauge by `BackendMetric` (`counts[.failedTimeout]`), and its two histograms.
 public struct BackendCounts: Equatable, Sendable {
-    public var connectionsTotal = 0
-    public var connectionsActive = 0
-    public var failedRefused = 0
-    public var failedTimeout = 0
-    public var failedUnreachable = 0
-    public var failedLocal = 0
-    public var bytesFromClient = 0
-    public var bytesToClient = 0
+    /// The counters and the gauge come first in a record, up to the histograms' sums.
+    private static let plain = BackendMetric.connectSum.rawValue
+    private var values = [Int](repeating: 0, count: plain)
     public var connect = HistogramCounts()
     public var firstByte = HistogramCounts()
 
     public init() {}
 
-    public var connectFailures: Int { failedRefused + failedTimeout + failedUnreachable + failedLocal }
+    /// A counter or the active-connections gauge (not the histograms' cells: see `connect`, `firstByte`).
+    public subscript(_ metric: BackendMetric) -> Int {
+        get { values[metric.rawValue] }
+        set { values[metric.rawValue] = newValue }
+    }
+
+    public var connectFailures: Int {
+        self[.failedRefused] + self[.failedTimeout] + self[.failedUnreachable] + self[.failedLocal]
+    }
 
     /// Adds one worker's record (read relaxed, cell by cell).
     public mutating func add(_ record: BackendRecord) {
-        connectionsTotal &+= record.cell(.connectionsTotal).value
-        connectionsActive &+= record.cell(.connectionsActive).value
-        failedRefused &+= record.cell(.failedRefused).value
-        failedTimeout &+= record.cell(.failedTimeout).value
-        failedUnreachable &+= record.cell(.failedUnreachable).value
-        failedLocal &+= record.cell(.failedLocal).value
-        bytesFromClient &+= record.cell(.bytesFromClient).value
-        bytesToClient &+= record.cell(.bytesToClient).value
+        for i in 0..<Self.plain { values[i] &+= (record.base + i).value }
         connect.sum &+= record.cell(.connectSum).value
         connect.add(record.cell(.connectBuckets))
         firstByte.sum &+= record.cell(.firstByteSum).value
@@ -51,40 +66,26 @@ public struct BackendCounts: Equatable, Sendable {
     }
 }
 
-/// A pool's own values, summed over every worker (gauges too: queue length is the process's waiting
-/// clients; `panicWorkers` counts the workers whose view of the pool is in panic).
+/// A pool's own values by `PoolMetric`, summed over every worker (gauges too: `.queueLength` is the
+/// process's waiting clients, `.panic` the number of workers whose view of the pool is in panic).
 public struct PoolCounts: Equatable, Sendable {
-    public var retries = 0
-    public var replays = 0
-    public var hedges = 0
-    public var refusedNoBackend = 0
-    public var refusedQueueFull = 0
-    public var refusedQueueTimeout = 0
-    public var refusedRetryBudget = 0
-    public var refusedLocalError = 0
-    public var queueLength = 0
-    public var panicWorkers = 0
+    private var values = [Int](repeating: 0, count: PoolMetric.allCases.count)
 
     public init() {}
 
-    public var refused: Int {
-        refusedNoBackend + refusedQueueFull + refusedQueueTimeout + refusedRetryBudget + refusedLocalError
+    public subscript(_ metric: PoolMetric) -> Int {
+        get { values[metric.rawValue] }
+        set { values[metric.rawValue] = newValue }
     }
 
+    /// Clients refused for every reason.
+    public var refused: Int { PoolMetric.refusals.reduce(0) { $0 + self[$1] } }
+
+    /// Adds one worker's block (read relaxed, cell by cell).
     public mutating func add(_ metrics: WorkerPoolMetrics) {
-        retries &+= metrics.cell(.retries).value
-        replays &+= metrics.cell(.replays).value
-        hedges &+= metrics.cell(.hedges).value
-        refusedNoBackend &+= metrics.cell(.refusedNoBackend).value
-        refusedQueueFull &+= metrics.cell(.refusedQueueFull).value
-        refusedQueueTimeout &+= metrics.cell(.refusedQueueTimeout).value
-        refusedRetryBudget &+= metrics.cell(.refusedRetryBudget).value
-        refusedLocalError &+= metrics.cell(.refusedLocalError).value
-        queueLength &+= metrics.cell(.queueLength).value
-        panicWorkers &+= metrics.cell(.panic).value
+        for metric in PoolMetric.allCases { values[metric.rawValue] &+= metrics.cell(metric).value }
     }
 }
-
 
 /// A listener's connections: per worker, accepted in total and open now (one cache line each).
 public final class ListenerMetrics: @unchecked Sendable {

@@ -29,6 +29,11 @@ public enum PoolMetric: Int, CaseIterable, Sendable {
     case queueLength, panic
 
     @usableFromInline static let stride = 16
+
+    /// Every reason a client is refused.
+    public static let refusals: [PoolMetric] = [
+        .refusedNoBackend, .refusedQueueFull, .refusedQueueTimeout, .refusedRetryBudget, .refusedLocalError,
+    ]
 }
 
 /// Where each per-backend value lives in a backend's record.
