@@ -1,5 +1,6 @@
 import CLibevent
 import Glibc
+import Synchronization
 
 /// Why a connect to an upstream did not succeed.
 public enum ConnectError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -163,6 +164,12 @@ public final class Relay {
     unowned(unsafe) var previous: Relay?
     unowned(unsafe) var next: Relay?
 
+    /// Two counters the relay adds every chunk's size to, while an upstream is attached: bytes read from
+    /// the client, then (the next cell) bytes read from the upstream. Written with a relaxed load and store
+    /// (the loop's thread is their only writer), so a reader on another thread sees long-lived connections'
+    /// bytes as they flow. Set by `attach`, cleared when the upstream is detached.
+    var byteCounters: UnsafeMutablePointer<Atomic<Int>>?
+
     /// Bytes the client sent that were handed to the upstream, and bytes sent back to the client.
     public var bytesFromClient: Int { sides[0].bytesRead }
     public var bytesToClient: Int { sides[1].bytesRead }
@@ -233,10 +240,12 @@ public final class Relay {
     }
 
     /// Starts relaying between the client and `upstreamFD`, a connected non-blocking socket the relay
-    /// now owns. Kept client bytes from an earlier upstream (a replay) are sent first.
-    public func attach(upstream upstreamFD: Int32) {
+    /// now owns. Kept client bytes from an earlier upstream (a replay) are sent first. `byteCounters`: two
+    /// cells (from client, to client) that the relay adds each chunk to while this upstream is attached.
+    public func attach(upstream upstreamFD: Int32, byteCounters: UnsafeMutablePointer<Atomic<Int>>? = nil) {
         precondition(state == .idle, "attach while \(state)")
         sides[1].fd = upstreamFD
+        self.byteCounters = byteCounters
         established()
     }
 
@@ -265,6 +274,7 @@ public final class Relay {
         Glibc.close(sides[1].fd)
         if let queue = sides[1].queue { evbuffer_free(queue) }
         sides[1] = Side()
+        byteCounters = nil
         // The client keeps its end-of-file, if it sent one; its own output queue is empty (nothing came back).
         sides[0].paused = false
         sides[0].writeArmed = false

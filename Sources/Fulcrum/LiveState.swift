@@ -24,7 +24,7 @@ final class LiveState {
     /// What the workers of each pool share, by pool index.
     private(set) var shared: [PoolShared] = []
     /// Listening sockets by listener name: one per worker, all on the listener's address.
-    private var bound: [String: BoundListener] = [:]
+    private(set) var bound: [String: BoundListener] = [:]
     let workers: Int
     let mailboxes: [Mailbox<WorkerMessage>]
     /// Counts changes sent to the workers; each ends with a barrier of this number.
@@ -56,6 +56,8 @@ final class LiveState {
         /// that had more workers (`Handover.share` says which worker takes which); each worker owns and
         /// closes its own.
         var fds: [Int32]
+        /// Connections accepted on these sockets, per worker; they follow the sockets.
+        var metrics: ListenerMetrics
 
         /// Whether these sockets are bound where `listener` asks: the same configured address, or the
         /// address they were actually bound to (a port 0 the kernel chose, now written out).
@@ -82,7 +84,8 @@ final class LiveState {
             let all = try takeover.listeners(config, workers: workers)
             for (listener, fds) in zip(config.listeners, all) {
                 let endpoint = (try? Socket.localEndpoint(fds[0])) ?? Endpoint(listener.address)
-                bound[listener.name] = BoundListener(config: listener, endpoint: endpoint, fds: fds)
+                bound[listener.name] = BoundListener(config: listener, endpoint: endpoint, fds: fds,
+                                                     metrics: ListenerMetrics(workers: workers))
             }
             return
         }
@@ -372,7 +375,7 @@ final class LiveState {
             "listener": "\(listener.name)", "pool": "\(listener.pool)", "backends": "\(pool?.backends.count ?? 0)",
             "balance": "\(pool?.balance.name ?? "-")",
         ])
-        return BoundListener(config: listener, endpoint: endpoint, fds: fds)
+        return BoundListener(config: listener, endpoint: endpoint, fds: fds, metrics: ListenerMetrics(workers: workers))
     }
 
     // MARK: - Telling the workers
@@ -402,7 +405,7 @@ final class LiveState {
                 pool = index
             }
             return Handover.share(sockets.fds, worker: worker, workers: workers).map {
-                ListenerAssignment(fd: $0, listener: listener.name, pool: pool)
+                ListenerAssignment(fd: $0, listener: listener.name, pool: pool, metrics: sockets.metrics)
             }
         }
     }

@@ -20,10 +20,12 @@ enum WorkerMessage: Sendable {
 }
 
 /// One listening socket of a worker.
-struct ListenerAssignment: Sendable, Equatable {
+struct ListenerAssignment: Sendable {
     var fd: Int32
     var listener: String
     var pool: Int
+    /// The listener's connection counters (the worker writes its own cells).
+    var metrics: ListenerMetrics
 }
 
 /// What a worker tells the main loop, through the engine's mailbox.

@@ -36,6 +36,8 @@ final class PoolHealth {
     var onBreakerOpened: ((Microseconds) -> Void)?
     /// A backend's breaker changed state: the worker reports it to the main loop.
     var onBreakerChanged: ((Int, BreakerReport) -> Void)?
+    /// The pool entered (true) or left panic: the worker's metrics show it.
+    var onPanicChanged: ((Bool) -> Void)?
     private let seed: UInt64
     private var logger: Logger
 
@@ -131,6 +133,7 @@ final class PoolHealth {
                                          panicThreshold: resilience.panicThreshold)
         if result.panic != panic {
             panic = result.panic
+            onPanicChanged?(panic)
             if panic {
                 logger.critical("PANIC: fewer than \(Int(resilience.panicThreshold))% of backends are healthy, balancing across all enabled backends")
             } else {

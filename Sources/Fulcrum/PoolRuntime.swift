@@ -2,15 +2,19 @@ import EventLoop
 import FulcrumCore
 import Logging
 
-/// State of one pool shared by every worker: connection counts for limits, and the clients waiting.
+/// State of one pool shared by every worker: connection counts for limits, the clients waiting, and each
+/// worker's metrics (written by that worker only, summed by the main loop when read).
 final class PoolShared: @unchecked Sendable {
     let counters: SharedBackendCounters
     /// The process-wide arrival order of the clients waiting for a slot.
     let order: SharedQueueOrder
+    /// One block per worker, by worker id.
+    let metrics: [WorkerPoolMetrics]
 
     init(backends: Int, workers: Int) {
         counters = SharedBackendCounters(capacity: max(1, backends))
         order = SharedQueueOrder(workers: workers)
+        metrics = (0..<max(1, workers)).map { _ in WorkerPoolMetrics() }
     }
 }
 
@@ -32,6 +36,8 @@ final class PoolRuntime {
     private(set) var hashKey: HashKey?
     let order: SharedQueueOrder
     let health: PoolHealth
+    /// This worker's metrics for the pool (it alone writes them).
+    let metrics: WorkerPoolMetrics
     /// Sessions waiting for a backend slot, oldest first.
     var waiting: WaitQueue<Session>
     /// Fires at the oldest waiting session's deadline.
@@ -48,8 +54,11 @@ final class PoolRuntime {
     private let bufferSize: Int
     private var seedState: UInt64
 
-    init(snapshot: PoolSnapshot, bufferSize: Int, shared: PoolShared, seed: UInt64, now: Int64, logger: Logger) {
+    init(snapshot: PoolSnapshot, bufferSize: Int, shared: PoolShared, worker: Int, seed: UInt64, now: Int64,
+         logger: Logger) {
         index = snapshot.index
+        metrics = shared.metrics[worker]
+        metrics.ensureCapacity(snapshot.slots.count)
         config = snapshot.settings
         self.bufferSize = bufferSize
         var seedState = seed
@@ -97,6 +106,7 @@ final class PoolRuntime {
             health.replaceSettings(snapshot.settings)
         }
         var healthChanged = settingsChanged
+        metrics.ensureCapacity(snapshot.slots.count)
         for (slot, entry) in snapshot.slots.enumerated() {
             if slot >= slots.count {
                 endpoints.append(Endpoint(entry.address))

@@ -12,6 +12,10 @@ final class Session: RelayDelegate, ConnectorDelegate {
     unowned let worker: Worker
     let pool: PoolRuntime
     let clientHash: UInt64
+    /// The listener that accepted the client (kept alive for `listenerActive`), and this worker's gauge of
+    /// its open clients, which counts this one until it finishes.
+    let listener: ListenerMetrics
+    private let listenerActive: MetricCell
     private(set) var relay: Relay?
     private var lifecycle: Lifecycle
     private var tried = TriedBackends()
@@ -23,13 +27,18 @@ final class Session: RelayDelegate, ConnectorDelegate {
     var servePass = 0
     private var finished = false
     private var driving = false
+    /// The backend whose metrics count this client's connection as active, and when it was attached.
+    private var counted: Int?
+    private var attachedAt: Int64 = 0
     /// Events that arrived while driving; empty (and unallocated) but for re-entrant reports.
     private var deferred: [Lifecycle.Event] = []
 
-    init(worker: Worker, pool: PoolRuntime, clientHash: UInt64) {
+    init(worker: Worker, pool: PoolRuntime, clientHash: UInt64, listener: ListenerMetrics) {
         self.worker = worker
         self.pool = pool
         self.clientHash = clientHash
+        self.listener = listener
+        listenerActive = listener.active(worker.id)
         lifecycle = Lifecycle(settings: pool.lifecycleSettings)
     }
 
@@ -137,6 +146,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
         switch pool.balancer.pick(tried: tried, context: PickContext(clientHash: clientHash, now: now)) {
         case .backend(let backend):
             if retry { pool.health.retryBudget.spend(now: now) }
+            if retry && !hedge { pool.metrics.cell(.retries).add(1) }
             tried.insert(backend)
             let trial = pool.health.picked(backend, now: now)
             return .picked(.backend(backend, trial: trial))
@@ -153,6 +163,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
         legs[leg].started = worker.now
         if leg == .hedge {
             worker.stats.hedges += 1
+            pool.metrics.cell(.hedges).add(1)
             worker.logger.info("connect is slow, racing a second backend", metadata: [
                 "pool": "\(pool.config.name)", "slow": "\(lifecycle.backend.map { address($0) } ?? "-")",
                 "hedge": "\(address(backend))",
@@ -176,7 +187,16 @@ final class Session: RelayDelegate, ConnectorDelegate {
     private func attach(_ leg: Lifecycle.Leg) {
         legs[leg == .primary ? .hedge : .primary].connector?.cancel()
         guard let winner = legs[leg].connector, let relay else { return }
-        relay.attach(upstream: winner.takeSocket())
+        var counters: MetricCell?
+        if let backend = lifecycle.backend(leg) {
+            let record = pool.metrics.backend(backend)
+            record.cell(.connectionsTotal).add(1)
+            record.cell(.connectionsActive).add(1)
+            counted = backend
+            attachedAt = legs[leg].connected
+            counters = record.byteCells
+        }
+        relay.attach(upstream: winner.takeSocket(), byteCounters: counters)
     }
 
     private func close(_ ending: Lifecycle.Ending) {
@@ -190,6 +210,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
         case .retryBudget: why = "retry budget exhausted, not retrying"
         default: why = ""
         }
+        if let refusal = Self.refusal(ending) { pool.metrics.cell(refusal).add(1) }
         if ending == .localError {
             // Logged by the worker, once per accept pause or once a second, never per client.
             worker.stats.clientsRefused += 1
@@ -215,8 +236,17 @@ final class Session: RelayDelegate, ConnectorDelegate {
             worker.stats.bytesFromClients &+= relay.bytesFromClient
             worker.stats.bytesToClients &+= relay.bytesToClient
         }
+        uncount()
+        listenerActive.add(-1)
         relay = nil
         worker.relayEnded()
+    }
+
+    /// The connection to the attached backend is over (the client ended, or a replay dropped it).
+    private func uncount() {
+        guard let backend = counted else { return }
+        pool.metrics.backend(backend).cell(.connectionsActive).add(-1)
+        counted = nil
     }
 
     private func cancelConnects() {
@@ -233,9 +263,12 @@ final class Session: RelayDelegate, ConnectorDelegate {
             drive(.connectFailed(leg, Self.failure(error)))
             return
         }
-        if pool.relayOptions.measureLatency, let backend = lifecycle.backend(leg) {
+        if let backend = lifecycle.backend(leg) {
             let now = worker.now
-            pool.balancer.observeConnect(latency: now - legs[leg].started, backend: backend, now: now)
+            let latency = now - legs[leg].started
+            legs[leg].connected = now
+            pool.metrics.backend(backend).observeConnect(latency)
+            if pool.relayOptions.measureLatency { pool.balancer.observeConnect(latency: latency, backend: backend, now: now) }
         }
         worker.backendConnected()
         drive(.connected(leg))
@@ -249,6 +282,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
 
     private func connectFailed(_ leg: Lifecycle.Leg, backend: Int, _ error: ConnectError) {
         lastError = error.description
+        pool.metrics.backend(backend).cell(Self.failureMetric(error)).add(1)
         if error.isLocal {
             worker.outOfLocalResources(error)
             return
@@ -264,6 +298,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
     // MARK: - Relay events
 
     func relayFirstByte(_ relay: Relay) {
+        if let backend = counted { pool.metrics.backend(backend).observeFirstByte(worker.now - attachedAt) }
         drive(.firstByte)
     }
 
@@ -281,6 +316,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
             if replaying {
                 what = "backend failed before answering, replaying the request"
                 worker.stats.replays += 1
+                pool.metrics.cell(.replays).add(1)
             } else if kept && !budget {
                 what = "backend failed before answering; retry budget exhausted, not replaying"
             } else if failure == .firstByteTimeout {
@@ -297,6 +333,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
     }
 
     func relayDetached(_ relay: Relay) {
+        uncount()
         drive(.detached)
     }
 
@@ -317,6 +354,8 @@ final class Session: RelayDelegate, ConnectorDelegate {
         struct Leg {
             var connector: Connector?
             var started: Int64 = 0
+            /// When its connect succeeded: where the first-byte time starts.
+            var connected: Int64 = 0
         }
 
         var primary = Leg()
@@ -338,6 +377,29 @@ final class Session: RelayDelegate, ConnectorDelegate {
         case .timedOut: return .timedOut
         case .unreachable: return .unreachable
         case .local: return .local
+        }
+    }
+
+    /// The connect-failure counter of an error: errors other than refused, timed out, unreachable and
+    /// local count as refused, as the breaker counts them.
+    static func failureMetric(_ error: ConnectError) -> BackendMetric {
+        switch error {
+        case .refused, .failed: return .failedRefused
+        case .timedOut: return .failedTimeout
+        case .unreachable: return .failedUnreachable
+        case .local: return .failedLocal
+        }
+    }
+
+    /// The refusal counter of an ending that closes the client without a backend.
+    static func refusal(_ ending: Lifecycle.Ending) -> PoolMetric? {
+        switch ending {
+        case .noBackend: return .refusedNoBackend
+        case .queueFull: return .refusedQueueFull
+        case .queueTimeout: return .refusedQueueTimeout
+        case .retryBudget: return .refusedRetryBudget
+        case .localError: return .refusedLocalError
+        case .completed, .clientError, .upstreamError, .idleTimeout, .backendDown, .shutdown: return nil
         }
     }
 

@@ -50,10 +50,12 @@ final class AcceptingSocket {
     var listener: Listener?
     var name: String
     var pool: PoolRuntime
+    var metrics: ListenerMetrics
 
-    init(name: String, pool: PoolRuntime) {
+    init(name: String, pool: PoolRuntime, metrics: ListenerMetrics) {
         self.name = name
         self.pool = pool
+        self.metrics = metrics
     }
 }
 
@@ -160,7 +162,7 @@ final class Worker {
             return
         }
         precondition(snapshot.index == pools.count, "pools arrive in index order")
-        let pool = PoolRuntime(snapshot: snapshot, bufferSize: plan.bufferSize, shared: shared,
+        let pool = PoolRuntime(snapshot: snapshot, bufferSize: plan.bufferSize, shared: shared, worker: id,
                                seed: plan.seed &+ UInt64(snapshot.index) &* 0x1000_0001 &+ UInt64(plan.id), now: now,
                                logger: logger)
         pools.append(pool)
@@ -169,6 +171,7 @@ final class Worker {
         pool.health.onBreakerChanged = { [unowned self, unowned pool] slot, report in
             self.plan.reports.post(.breaker(worker: self.id, pool: pool.index, slot: slot, report))
         }
+        pool.health.onPanicChanged = { [unowned pool] panic in pool.metrics.cell(.panic).set(panic ? 1 : 0) }
         pool.health.recompute(now: now)
     }
 
@@ -185,15 +188,16 @@ final class Worker {
             if let socket = sockets[assignment.fd] {
                 socket.name = assignment.listener
                 socket.pool = pool
+                socket.metrics = assignment.metrics
                 continue
             }
             if draining {
                 Socket.close(assignment.fd)
                 continue
             }
-            let socket = AcceptingSocket(name: assignment.listener, pool: pool)
+            let socket = AcceptingSocket(name: assignment.listener, pool: pool, metrics: assignment.metrics)
             socket.listener = Listener(base: base, fd: assignment.fd, onAccept: { [unowned self, unowned socket] fd, peer in
-                self.accept(fd, peer: peer, pool: socket.pool)
+                self.accept(fd, peer: peer, socket: socket)
             }, onError: { [unowned self, unowned socket] pause in
                 self.logger.error("accept failed, pausing accepts", metadata: [
                     "listener": "\(socket.name)", "error": "\(pause.error)",
@@ -205,9 +209,13 @@ final class Worker {
         }
     }
 
-    private func accept(_ fd: Int32, peer: Endpoint, pool: PoolRuntime) {
+    private func accept(_ fd: Int32, peer: Endpoint, socket: AcceptingSocket) {
         stats.accepted += 1
-        let session = Session(worker: self, pool: pool, clientHash: pool.clientHash(peer))
+        let pool = socket.pool
+        let metrics = socket.metrics
+        metrics.accepted(id).add(1)
+        metrics.active(id).add(1)
+        let session = Session(worker: self, pool: pool, clientHash: pool.clientHash(peer), listener: metrics)
         let relay = Relay(base: base, clientFD: fd, options: pool.relayOptions, delegate: session, group: relays)
         session.start(relay)
     }
@@ -284,6 +292,7 @@ final class Worker {
         guard pool.waiting.push(session, now: now, ticket: pool.order.takeTicket()) else { return false }
         session.queued = true
         pool.order.update(worker: id, head: pool.waiting.firstTicket, delta: 1)
+        pool.metrics.cell(.queueLength).set(pool.waiting.count)
         if pool.waiting.count == 1 { armQueueTimer(pool) }
         return true
     }
@@ -294,6 +303,7 @@ final class Worker {
         if pool.waiting.first === session { pool.waiting.popFirst() } else { pool.waiting.remove(session) }
         session.queued = false
         pool.order.update(worker: id, head: pool.waiting.firstTicket, delta: -1)
+        pool.metrics.cell(.queueLength).set(pool.waiting.count)
         armQueueTimer(pool)
     }
 
@@ -311,6 +321,7 @@ final class Worker {
     private func expireQueue(_ pool: PoolRuntime) {
         let expired = pool.waiting.expire(now: now)
         pool.order.update(worker: id, head: pool.waiting.firstTicket, delta: -expired.count)
+        pool.metrics.cell(.queueLength).set(pool.waiting.count)
         for session in expired {
             session.queued = false
             session.drive(.queueTimedOut)
