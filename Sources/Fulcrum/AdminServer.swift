@@ -126,7 +126,7 @@ final class AdminServer {
             json(responder, 200, state.statusJSON(uptime: state.base.monotonicMicroseconds - started, configPath: configPath))
         case (.get, 1, "metrics"), (.head, 1, "metrics"):
             guard let metrics else { return notFound(request, responder) }
-            send(responder, 200, "text/plain; version=0.0.4; charset=utf-8", metrics())
+            send(responder, 200, PrometheusText.contentType, metrics())
         case (.post, 1, "reload"):
             reloadNow(request, responder)
         case (_, 5, "pools") where parts[2] == "backends":

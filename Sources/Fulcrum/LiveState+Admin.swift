@@ -73,10 +73,14 @@ extension LiveState {
                 "reloads": .object(["succeeded": .int(reloadsSucceeded), "failed": .int(reloadsFailed)]),
             ]),
             "listeners": .array(config.listeners.map { listener in
-                .object([
+                let counts = listenerCounts(listener.name)
+                return .object([
                     "name": .string(listener.name),
                     "address": .string(boundAddress(listener.name) ?? "\(listener.address)"),
                     "pool": .string(listener.pool),
+                    "connections": .object([
+                        "active": .int(counts?.active ?? 0), "total": .int(counts?.accepted ?? 0),
+                    ]),
                 ])
             }),
             "pools": .array(pools.indices.filter { !pools[$0].retired }.map { index in
@@ -88,12 +92,20 @@ extension LiveState {
     private func poolJSON(_ index: Int, monotonic: Int64, wall: Int64) -> JSON {
         let pool = pools[index]
         let shown = pool.backends.filter { $0.listed || shared[index].counters.count($0.slot) > 0 }
+        let counts = poolCounts(pool: index)
         return .object([
             "name": .string(pool.name),
             "balance": .string(pool.settings.balance.name),
             "active_checks": .bool(pool.settings.resilience.health != nil),
+            "panic": .bool(counts[.panic] > 0),
             "connections_active": .int(shared[index].counters.total),
             "queue_length": .int(shared[index].order.waiting),
+            "retries": .int(counts[.retries]), "replays": .int(counts[.replays]), "hedges": .int(counts[.hedges]),
+            "refused": .object([
+                "no_backend": .int(counts[.refusedNoBackend]), "queue_full": .int(counts[.refusedQueueFull]),
+                "queue_timeout": .int(counts[.refusedQueueTimeout]), "retry_budget": .int(counts[.refusedRetryBudget]),
+                "local_error": .int(counts[.refusedLocalError]),
+            ]),
             "backends": .array(shown.map { backendJSON(index, $0, monotonic: monotonic, wall: wall) }),
         ])
     }
@@ -107,10 +119,15 @@ extension LiveState {
         // Breaker times are monotonic: shown on the wall clock.
         let breakerSince = breaker.since.map { wall - (monotonic - $0) }
         let checks = settings.resilience.health != nil
+        let counts = backendCounts(pool: pool, slot: backend.slot)
+        func milliseconds(_ percentiles: LatencyPercentiles) -> JSON {
+            func ms(_ value: Microseconds?) -> JSON { value.map { .double(Double($0) / 1000) } ?? .null }
+            return .object(["p50": ms(percentiles.p50), "p90": ms(percentiles.p90), "p99": ms(percentiles.p99)])
+        }
         return .object([
             "address": .string("\(backend.id.address)"),
             "listed": .bool(backend.listed),
-            "up": .bool(isUp(backend, checks: checks)),
+            "up": .bool(backendIsUp(pool: pool, slot: backend.slot)),
             "weight": .object([
                 "value": .int(effective.weight), "source": .string(backend.source(of: "weight").rawValue),
                 "file": .int(backend.base.weight),
@@ -131,15 +148,18 @@ extension LiveState {
                 "open_workers": .int(breaker.open), "half_open_workers": .int(breaker.halfOpen),
                 "workers": .int(breaker.workers), "since": time(breakerSince), "reason": .optional(breaker.reason),
             ]),
-            "connections": .object(["active": .int(shared[pool].counters.count(backend.slot))]),
+            "connections": .object([
+                "active": .int(shared[pool].counters.count(backend.slot)), "total": .int(counts[.connectionsTotal]),
+            ]),
+            "failures": .object([
+                "refused": .int(counts[.failedRefused]), "timeout": .int(counts[.failedTimeout]),
+                "unreachable": .int(counts[.failedUnreachable]), "local": .int(counts[.failedLocal]),
+            ]),
+            "bytes": .object(["in": .int(counts[.bytesFromClient]), "out": .int(counts[.bytesToClient])]),
+            "connect_time_ms": milliseconds(counts.connect.percentiles),
+            "first_byte_time_ms": milliseconds(counts.firstByte.percentiles),
             "events": .string("/pools/\(pools[pool].name)/backends/\(backend.id.address)/events"),
         ])
-    }
-
-    /// Eligible as the main loop knows it: listed, enabled by the operator, up by its checks (when the pool
-    /// has any) and its breaker closed on every worker.
-    func isUp(_ backend: LiveBackend, checks: Bool) -> Bool {
-        backend.listed && backend.effective.state == .enabled && (!checks || backend.check == .up) && backend.breaker.isClosed
     }
 
     /// A backend's event history, oldest first.
