@@ -31,7 +31,7 @@ public final class Engine {
     /// engine's watchers are installed.
     static let stopSignals = [SIGTERM, SIGINT]
     /// Blocked in worker threads: every signal is the engine thread's to handle.
-    static let workerBlockedSignals = [SIGTERM, SIGINT, SIGHUP]
+    static let workerBlockedSignals = [SIGTERM, SIGINT, SIGHUP, SIGUSR1]
     /// After a second signal, how long the workers may take to close everything before the process exits
     /// without them.
     static let forcedStopMicroseconds: Int64 = 1_000_000
@@ -59,7 +59,7 @@ public final class Engine {
     /// that arrives while the configuration is read or the listeners are bound stops Fulcrum like any
     /// other instead of killing it. Call it first thing; `run` calls it too.
     public static func holdStopSignals() {
-        SignalWatcher.block(stopSignals + [SIGHUP])
+        SignalWatcher.block(stopSignals + [SIGHUP, SIGUSR1])
     }
 
     /// Binds, serves until a signal and a drain, and returns the process exit status.
@@ -76,6 +76,7 @@ public final class Engine {
         var handover: HandoverServer?
         var live: LiveState?
         var reloadPending = false
+        var accessLog: AccessLog?
         let forcedStop = Timer(base: base) { base.exit() }
         // The first stop: every worker stops accepting and drains. `stopping` tells a service manager that
         // the service is stopping; not after a takeover, where the service goes on in the new process.
@@ -119,10 +120,14 @@ public final class Engine {
             case .serving:
                 logger.info("SIGHUP received: reloading the configuration", metadata: ["config": "\(configPath)"])
                 live?.reload(path: configPath)
+                if let live { accessLog?.configure(live.config.accessLog) }
             case .draining, .stopping:
                 logger.warning("SIGHUP received while stopping: not reloading")
             }
         })
+
+        // SIGUSR1 reopens the access log file (log rotation).
+        watchers.append(SignalWatcher(base: base, signal: SIGUSR1) { _ in accessLog?.reopen() })
 
         // Every wakeup pipe stays open until every thread that could write to it has been joined.
         let enginePipe = try WakeupPipe()
@@ -148,6 +153,13 @@ public final class Engine {
             }
         }
         defer { pidFile?.remove() }
+        do throws(SystemError) {
+            accessLog = try AccessLog(config.accessLog, logger: logger, blockedSignals: Engine.workerBlockedSignals)
+        } catch {
+            state.closeListeners()
+            throw error
+        }
+        defer { accessLog?.stop() }
         let seed = UInt64(truncatingIfNeeded: base.monotonicMicroseconds) ^ UInt64(getpid())
         let health = HealthChecker(base: base, seed: seed, logger: logger) { [unowned state] pool, slot, verdict, passed, reason in
             state.checked(pool: pool, slot: slot, state: verdict, passed: passed, reason: reason)
@@ -198,7 +210,8 @@ public final class Engine {
         for id in 0..<workers {
             let plan = WorkerPlan(id: id, bufferSize: config.bufferSize, drainTimeout: config.drainTimeout,
                                   wakeup: pipes[id], allWorkers: senders, engineSender: enginePipe.sender,
-                                  mailbox: mailboxes[id], reports: reports, seed: seed, logger: logger)
+                                  mailbox: mailboxes[id], reports: reports, seed: seed, logger: logger,
+                                  accessLog: accessLog!)
             threads.append(LoopThread.spawn(name: "fulcrum-w\(id)", blockedSignals: Engine.workerBlockedSignals) {
                 let worker = Worker(plan: plan)
                 worker.run()
@@ -225,6 +238,7 @@ public final class Engine {
         if reloadPending, let configPath {
             reloadPending = false
             state.reload(path: configPath)
+            accessLog?.configure(state.config.accessLog)
         }
         base.run()
         health.stop()

@@ -13,7 +13,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
     let pool: PoolRuntime
     let clientHash: UInt64
     private(set) var relay: Relay?
-    private var lifecycle: Lifecycle
+    private(set) var lifecycle: Lifecycle
     private var tried = TriedBackends()
     private var legs = Legs()
     private var lastError: String?
@@ -25,11 +25,14 @@ final class Session: RelayDelegate, ConnectorDelegate {
     private var driving = false
     /// Events that arrived while driving; empty (and unallocated) but for re-entrant reports.
     private var deferred: [Lifecycle.Event] = []
+    /// What the access log line needs; nil when the access log is off.
+    private var access: AccessRecord?
 
-    init(worker: Worker, pool: PoolRuntime, clientHash: UInt64) {
+    init(worker: Worker, pool: PoolRuntime, clientHash: UInt64, access: AccessRecord? = nil) {
         self.worker = worker
         self.pool = pool
         self.clientHash = clientHash
+        self.access = access
         lifecycle = Lifecycle(settings: pool.lifecycleSettings)
     }
 
@@ -41,7 +44,9 @@ final class Session: RelayDelegate, ConnectorDelegate {
 
     func start(_ relay: Relay) {
         self.relay = relay
-        pool.health.retryBudget.recordRequest(now: worker.now)
+        let now = worker.now
+        pool.health.retryBudget.recordRequest(now: now)
+        access?.acceptedAt = now
         drive(.accepted)
     }
 
@@ -214,6 +219,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
         if let relay {
             worker.stats.bytesFromClients &+= relay.bytesFromClient
             worker.stats.bytesToClients &+= relay.bytesToClient
+            if let access { worker.accessLog.append(access, lifecycle: lifecycle, pool: pool, relay: relay, now: worker.now) }
         }
         relay = nil
         worker.relayEnded()
@@ -237,6 +243,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
             let now = worker.now
             pool.balancer.observeConnect(latency: now - legs[leg].started, backend: backend, now: now)
         }
+        access?.connect = worker.now - legs[leg].started
         worker.backendConnected()
         drive(.connected(leg))
         // Not attached (the client ended meanwhile): drop the socket.
@@ -249,6 +256,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
 
     private func connectFailed(_ leg: Lifecycle.Leg, backend: Int, _ error: ConnectError) {
         lastError = error.description
+        access?.connectError = error
         if error.isLocal {
             worker.outOfLocalResources(error)
             return
@@ -264,6 +272,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
     // MARK: - Relay events
 
     func relayFirstByte(_ relay: Relay) {
+        if access?.firstByteAt == nil { access?.firstByteAt = worker.now }
         drive(.firstByte)
     }
 
@@ -307,6 +316,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
     }
 
     func relayClosed(_ relay: Relay, reason: RelayCloseReason) {
+        access?.closeReason = reason
         drive(.ended(Self.ending(reason)))
     }
 

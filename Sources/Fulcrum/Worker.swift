@@ -43,6 +43,8 @@ struct WorkerPlan: Sendable {
     var reports: Mailbox<EngineReport>
     var seed: UInt64
     var logger: Logger
+    /// The process's access log, which this worker's lines go to.
+    var accessLog: AccessLog
 }
 
 /// A listening socket a worker accepts on, and where its clients go.
@@ -64,6 +66,7 @@ final class Worker {
     let base = EventBase()
     var logger: Logger
     var stats = WorkerStats()
+    let accessLog: AccessLogBuffer
     private let plan: WorkerPlan
     private let relays = RelayGroup()
     /// Pools by their process-wide index.
@@ -89,6 +92,7 @@ final class Worker {
         drainTimeout = plan.drainTimeout
         logger = plan.logger
         logger[metadataKey: "worker"] = "\(plan.id)"
+        accessLog = AccessLogBuffer(base: base, log: plan.accessLog)
         wakeup = WakeupReceiver(base: base, pipe: plan.wakeup) { [unowned self] byte in
             switch WorkerCommand(rawValue: byte) {
             case .drain: self.drain()
@@ -119,6 +123,7 @@ final class Worker {
         slowStartTimer = nil
         breakerTimer = nil
         removedTimer = nil
+        accessLog.close()
         for pool in pools {
             pool.health.onRecompute = nil
             pool.health.onBreakerOpened = nil
@@ -193,7 +198,7 @@ final class Worker {
             }
             let socket = AcceptingSocket(name: assignment.listener, pool: pool)
             socket.listener = Listener(base: base, fd: assignment.fd, onAccept: { [unowned self, unowned socket] fd, peer in
-                self.accept(fd, peer: peer, pool: socket.pool)
+                self.accept(fd, peer: peer, from: socket)
             }, onError: { [unowned self, unowned socket] pause in
                 self.logger.error("accept failed, pausing accepts", metadata: [
                     "listener": "\(socket.name)", "error": "\(pause.error)",
@@ -205,9 +210,11 @@ final class Worker {
         }
     }
 
-    private func accept(_ fd: Int32, peer: Endpoint, pool: PoolRuntime) {
+    private func accept(_ fd: Int32, peer: Endpoint, from socket: AcceptingSocket) {
         stats.accepted += 1
-        let session = Session(worker: self, pool: pool, clientHash: pool.clientHash(peer))
+        let pool = socket.pool
+        let access = accessLog.isOn ? AccessRecord(listener: socket.name, client: peer) : nil
+        let session = Session(worker: self, pool: pool, clientHash: pool.clientHash(peer), access: access)
         let relay = Relay(base: base, clientFD: fd, options: pool.relayOptions, delegate: session, group: relays)
         session.start(relay)
     }

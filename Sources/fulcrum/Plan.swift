@@ -27,6 +27,7 @@ enum Plan {
             "buffer_size:    \(needsRestart(restart[1]))",
             "pid_file:       \(needsRestart(restart[2]))",
             "upgrade_socket: \(needsRestart(restart[3]))",
+            "access_log:     \(config.accessLog?.description ?? "off")",
             "",
         ]
         for listener in config.listeners {

@@ -5,7 +5,8 @@
 ///   running FulcrumConfig ─┐
 ///                          ├─▶ ConfigDiff(from:to:) ─▶ [Change], in the order to apply them:
 ///   loaded FulcrumConfig ──┘
-///     1. top-level values   needs restart (workers, buffer_size: the running value is kept), drain_timeout
+///     1. top-level values   needs restart (workers, buffer_size: the running value is kept), drain_timeout,
+///                           access_log
 ///     2. pools added        before any listener can point at them
 ///     3. each kept pool     settings replaced, backends removed, changed, added, order (for `first`)
 ///     4. listeners          removed, then moved or changed, then added (an address a removed listener
@@ -25,6 +26,9 @@ public struct ConfigDiff: Equatable, Sendable {
         /// `workers` or `buffer_size` changed: it takes a restart, and the process keeps running `running`.
         case needsRestart(key: String, running: String, loaded: String)
         case drainTimeoutChanged(from: Duration, to: Duration)
+        /// The access log's destination or format changed (nil: off): connections that end after the reload
+        /// are logged the new way (those accepted while it was off are not logged).
+        case accessLogChanged(from: AccessLogConfig?, to: AccessLogConfig?)
 
         // MARK: Pools
         case poolAdded(FulcrumConfig.Pool)
@@ -58,6 +62,8 @@ public struct ConfigDiff: Equatable, Sendable {
                 return "\(key): needs restart: kept running value \(running) (file has \(loaded))"
             case let .drainTimeoutChanged(from, to):
                 return "drain_timeout: \(from.configText) -> \(to.configText)"
+            case let .accessLogChanged(from, to):
+                return "access_log: \(from?.description ?? "off") -> \(to?.description ?? "off")"
             case let .poolAdded(pool):
                 return "pool \(pool.name): added with \(pool.backends.count) backend(s)"
             case let .poolRemoved(name):
@@ -143,6 +149,9 @@ public struct ConfigDiff: Equatable, Sendable {
         }
         if running.drainTimeout != loaded.drainTimeout {
             changes.append(.drainTimeoutChanged(from: running.drainTimeout, to: loaded.drainTimeout))
+        }
+        if running.accessLog != loaded.accessLog {
+            changes.append(.accessLogChanged(from: running.accessLog, to: loaded.accessLog))
         }
         return changes
     }
