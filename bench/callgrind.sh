@@ -6,6 +6,7 @@
 #
 #   bench/callgrind.sh                    # builds the release binary first
 #   BIN=/path/to/fulcrum bench/callgrind.sh
+#   ACCESS_LOG=json bench/callgrind.sh    # with the access log on (json or logfmt), written to bench/out
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-20000}
@@ -25,10 +26,17 @@ for port in 16391 16392; do
 done
 wait_port 16391; wait_port 16392
 
+ACCESS_LOG_KEY=""
+if [ -n "${ACCESS_LOG:-}" ]; then
+  ACCESS_LOG_KEY="access_log: {path: $PWD/$OUT/access.log, format: $ACCESS_LOG}"
+fi
+
 run() { # name, then the load command
   local name=$1; shift
+  rm -f "$OUT/access.log"
   cat >"$OUT/fulcrum.yaml" <<YAML
 workers: 1
+$ACCESS_LOG_KEY
 listeners:
   - {name: redis, listen: 127.0.0.1:17091, pool: redis}
 pools:
@@ -65,3 +73,6 @@ conn=$(total "$OUT/conn.out")
 echo "instructions per forwarded chunk (relay callback): $(( relay / (2 * REQUESTS) ))"
 echo "instructions per GET round trip (whole process):   $(( (rpc - idle) / REQUESTS ))"
 echo "instructions per proxied connection (one PING):    $(( (conn - idle) / CONNECTIONS ))"
+if [ -n "${ACCESS_LOG:-}" ]; then
+  echo "access log ($ACCESS_LOG) lines of the last run:      $(wc -l <"$OUT/access.log")"
+fi

@@ -236,6 +236,7 @@ extension Relay {
 
     /// `side` finished sending: stop reading it, and shut the other side's write half once flushed.
     private func endOfFile(_ side: Int) {
+        if side == Relay.upstream && !sides[Relay.client].eof { upstreamEndedFirst = true }
         sides[side].eof = true
         event_del(readEvent(side))
         let peer = 1 - side

@@ -154,6 +154,8 @@ public final class Relay {
     var awaitingSince: Int64 = 0
     /// The current backend has sent at least one byte.
     public internal(set) var firstByteSeen = false
+    /// The backend sent its end-of-file before the client did (who closed first, for the access log).
+    public internal(set) var upstreamEndedFirst = false
     /// Copy of the client's bytes kept for replay until the first backend byte; nil when not kept.
     var replay: OpaquePointer?
     var firstByteTimerArmed = false

@@ -33,7 +33,7 @@ public final class Engine {
     /// engine's watchers are installed.
     static let stopSignals = [SIGTERM, SIGINT]
     /// Blocked in worker threads: every signal is the engine thread's to handle.
-    static let workerBlockedSignals = [SIGTERM, SIGINT, SIGHUP]
+    static let workerBlockedSignals = [SIGTERM, SIGINT, SIGHUP, SIGUSR1]
     /// After a second signal, how long the workers may take to close everything before the process exits
     /// without them.
     static let forcedStopMicroseconds: Int64 = 1_000_000
@@ -61,7 +61,7 @@ public final class Engine {
     /// that arrives while the configuration is read or the listeners are bound stops Fulcrum like any
     /// other instead of killing it. Call it first thing; `run` calls it too.
     public static func holdStopSignals() {
-        SignalWatcher.block(stopSignals + [SIGHUP])
+        SignalWatcher.block(stopSignals + [SIGHUP, SIGUSR1])
     }
 
     /// Binds, serves until a signal and a drain, and returns the process exit status.
@@ -79,6 +79,7 @@ public final class Engine {
         var admin: AdminServer?
         var live: LiveState?
         var reloadPending = false
+        var accessLog: AccessLog?
         let forcedStop = Timer(base: base) { base.exit() }
         // The first stop: every worker stops accepting and drains. `stopping` tells a service manager that
         // the service is stopping; not after a takeover, where the service goes on in the new process.
@@ -127,6 +128,9 @@ public final class Engine {
             }
         })
 
+        // SIGUSR1 reopens the access log file (log rotation).
+        watchers.append(SignalWatcher(base: base, signal: SIGUSR1) { _ in accessLog?.reopen() })
+
         // Every wakeup pipe stays open until every thread that could write to it has been joined.
         let enginePipe = try WakeupPipe()
         var pipes: [WakeupPipe] = []
@@ -174,6 +178,8 @@ public final class Engine {
             }
         }
         state.onReloaded = { [logger] new in
+            // Every reload (SIGHUP, POST /reload) applies `access_log:` too.
+            accessLog?.configure(new.accessLog)
             // `admin:` changes with a reload: moved, turned on or off, or a token file read again.
             switch (admin, new.admin) {
             case (let server?, let settings?): server.apply(settings)
@@ -189,6 +195,13 @@ public final class Engine {
             case (nil, nil): break
             }
         }
+        do throws(SystemError) {
+            accessLog = try AccessLog(config.accessLog, logger: logger, blockedSignals: Engine.workerBlockedSignals)
+        } catch {
+            state.closeListeners()
+            throw error
+        }
+        defer { accessLog?.stop() }
         let seed = UInt64(truncatingIfNeeded: base.monotonicMicroseconds) ^ UInt64(getpid())
         let health = HealthChecker(base: base, seed: seed, logger: logger) { [unowned state] pool, slot, verdict, passed, reason, change in
             state.checked(pool: pool, slot: slot, state: verdict, passed: passed, reason: reason, change: change)
@@ -239,7 +252,8 @@ public final class Engine {
         for id in 0..<workers {
             let plan = WorkerPlan(id: id, bufferSize: config.bufferSize, drainTimeout: config.drainTimeout,
                                   wakeup: pipes[id], allWorkers: senders, engineSender: enginePipe.sender,
-                                  mailbox: mailboxes[id], reports: reports, seed: seed, logger: logger)
+                                  mailbox: mailboxes[id], reports: reports, seed: seed, logger: logger,
+                                  accessLog: accessLog!)
             threads.append(LoopThread.spawn(name: "fulcrum-w\(id)", blockedSignals: Engine.workerBlockedSignals) {
                 let worker = Worker(plan: plan)
                 worker.run()

@@ -17,7 +17,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
     let listener: ListenerMetrics
     private let listenerActive: MetricCell
     private(set) var relay: Relay?
-    private var lifecycle: Lifecycle
+    private(set) var lifecycle: Lifecycle
     private var tried = TriedBackends()
     private var legs = Legs()
     private var lastError: String?
@@ -32,13 +32,16 @@ final class Session: RelayDelegate, ConnectorDelegate {
     private var attachedAt: Int64 = 0
     /// Events that arrived while driving; empty (and unallocated) but for re-entrant reports.
     private var deferred: [Lifecycle.Event] = []
+    /// What the access log line needs; nil when the access log is off.
+    private var access: AccessRecord?
 
-    init(worker: Worker, pool: PoolRuntime, clientHash: UInt64, listener: ListenerMetrics) {
+    init(worker: Worker, pool: PoolRuntime, clientHash: UInt64, listener: ListenerMetrics, access: AccessRecord? = nil) {
         self.worker = worker
         self.pool = pool
         self.clientHash = clientHash
         self.listener = listener
         listenerActive = listener.active(worker.id)
+        self.access = access
         lifecycle = Lifecycle(settings: pool.lifecycleSettings)
     }
 
@@ -50,7 +53,9 @@ final class Session: RelayDelegate, ConnectorDelegate {
 
     func start(_ relay: Relay) {
         self.relay = relay
-        pool.health.retryBudget.recordRequest(now: worker.now)
+        let now = worker.now
+        pool.health.retryBudget.recordRequest(now: now)
+        access?.acceptedAt = now
         drive(.accepted)
     }
 
@@ -235,6 +240,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
         if let relay {
             worker.stats.bytesFromClients &+= relay.bytesFromClient
             worker.stats.bytesToClients &+= relay.bytesToClient
+            if let access { worker.accessLog.append(access, lifecycle: lifecycle, pool: pool, relay: relay, now: worker.now) }
         }
         uncount()
         listenerActive.add(-1)
@@ -270,6 +276,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
             pool.metrics.backend(backend).observeConnect(latency)
             if pool.relayOptions.measureLatency { pool.balancer.observeConnect(latency: latency, backend: backend, now: now) }
         }
+        access?.connect = worker.now - legs[leg].started
         worker.backendConnected()
         drive(.connected(leg))
         // Not attached (the client ended meanwhile): drop the socket.
@@ -283,6 +290,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
     private func connectFailed(_ leg: Lifecycle.Leg, backend: Int, _ error: ConnectError) {
         lastError = error.description
         pool.metrics.backend(backend).cell(Self.failureMetric(error)).add(1)
+        access?.connectError = error
         if error.isLocal {
             worker.outOfLocalResources(error)
             return
@@ -299,6 +307,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
 
     func relayFirstByte(_ relay: Relay) {
         if let backend = counted { pool.metrics.backend(backend).observeFirstByte(worker.now - attachedAt) }
+        if access?.firstByteAt == nil { access?.firstByteAt = worker.now }
         drive(.firstByte)
     }
 
@@ -344,6 +353,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
     }
 
     func relayClosed(_ relay: Relay, reason: RelayCloseReason) {
+        access?.closeReason = reason
         drive(.ended(Self.ending(reason)))
     }
 

@@ -43,6 +43,8 @@ struct WorkerPlan: Sendable {
     var reports: Mailbox<EngineReport>
     var seed: UInt64
     var logger: Logger
+    /// The process's access log, which this worker's lines go to.
+    var accessLog: AccessLog
 }
 
 /// A listening socket a worker accepts on, and where its clients go.
@@ -66,6 +68,7 @@ final class Worker {
     let base = EventBase()
     var logger: Logger
     var stats = WorkerStats()
+    let accessLog: AccessLogBuffer
     private let plan: WorkerPlan
     private let relays = RelayGroup()
     /// Pools by their process-wide index.
@@ -91,6 +94,7 @@ final class Worker {
         drainTimeout = plan.drainTimeout
         logger = plan.logger
         logger[metadataKey: "worker"] = "\(plan.id)"
+        accessLog = AccessLogBuffer(base: base, log: plan.accessLog)
         wakeup = WakeupReceiver(base: base, pipe: plan.wakeup) { [unowned self] byte in
             switch WorkerCommand(rawValue: byte) {
             case .drain: self.drain()
@@ -121,6 +125,7 @@ final class Worker {
         slowStartTimer = nil
         breakerTimer = nil
         removedTimer = nil
+        accessLog.close()
         for pool in pools {
             pool.health.onRecompute = nil
             pool.health.onBreakerOpened = nil
@@ -215,7 +220,8 @@ final class Worker {
         let metrics = socket.metrics
         metrics.accepted(id).add(1)
         metrics.active(id).add(1)
-        let session = Session(worker: self, pool: pool, clientHash: pool.clientHash(peer), listener: metrics)
+        let access = accessLog.isOn ? AccessRecord(listener: socket.name, client: peer) : nil
+        let session = Session(worker: self, pool: pool, clientHash: pool.clientHash(peer), listener: metrics, access: access)
         let relay = Relay(base: base, clientFD: fd, options: pool.relayOptions, delegate: session, group: relays)
         session.start(relay)
     }

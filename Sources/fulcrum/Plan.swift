@@ -28,6 +28,7 @@ enum Plan {
             "pid_file:       \(needsRestart(restart[2]))",
             "upgrade_socket: \(needsRestart(restart[3]))",
             "admin:          \(admin(config.admin))",
+            "access_log:     \(config.accessLog?.description ?? "off")",
             "",
         ]
         for listener in config.listeners {

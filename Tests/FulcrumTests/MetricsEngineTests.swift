@@ -29,7 +29,8 @@ private final class InProcessProxy {
         live.start()
         let plan = WorkerPlan(id: 0, bufferSize: config.bufferSize, drainTimeout: .seconds(1), wakeup: pipe,
                               allWorkers: [sender], engineSender: enginePipe.sender, mailbox: mailbox,
-                              reports: reports, seed: 1, logger: logger)
+                              reports: reports, seed: 1, logger: logger,
+                              accessLog: try AccessLog(nil, logger: logger, blockedSignals: []))
         thread = LoopThread.spawn(name: "metrics-test") { Worker(plan: plan).run() }
     }
 

@@ -20,14 +20,17 @@ public struct FulcrumConfig: Equatable, Sendable {
     public var upgradeSocket: String?
     /// The admin API (`admin:`); nil when off.
     public var admin: Admin?
+    /// One line per client connection when it ends; off if nil.
+    public var accessLog: AccessLogConfig?
 
     public static let defaultDrainTimeout: Duration = .seconds(30)
     public static let defaultBufferSize = 256 << 10
 
     public init(workers: Workers = .auto, drainTimeout: Duration = Self.defaultDrainTimeout,
                 bufferSize: Int = Self.defaultBufferSize, listeners: [Listener], pools: [Pool],
-                pidFile: String? = nil, upgradeSocket: String? = nil) {
+                pidFile: String? = nil, upgradeSocket: String? = nil, accessLog: AccessLogConfig? = nil) {
         self.pidFile = pidFile
+        self.accessLog = accessLog
         self.upgradeSocket = upgradeSocket
         self.workers = workers
         self.drainTimeout = drainTimeout

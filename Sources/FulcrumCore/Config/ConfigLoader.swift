@@ -3,8 +3,8 @@ import Yams
 /// Parses and validates a configuration file's text into a `FulcrumConfig`, or throws a `ConfigError`
 /// listing every problem at once. Reads no files itself: callers pass the text and the name to report.
 public enum ConfigLoader {
-    static let topKeys = ["workers", "drain_timeout", "buffer_size", "pid_file", "upgrade_socket", "admin", "listeners",
-                          "pools"]
+    static let topKeys = ["workers", "drain_timeout", "buffer_size", "pid_file", "upgrade_socket", "admin", "access_log",
+                          "listeners", "pools"]
     static let listenerKeys = ["name", "listen", "pool", "backlog"]
     static let poolKeys = ["backends", "balance", "connect_timeout", "idle_timeout", "retries", "slow_start", "queue"]
         + resilienceKeys
@@ -78,10 +78,15 @@ public enum ConfigLoader {
             }
         }
 
+        var accessLog: AccessLogConfig?
+        if let node = top["access_log"] {
+            accessLog = Self.accessLog(node, pidFile: pidFile, upgradeSocket: upgradeSocket, &r)
+        }
         let pools = buildPools(top, &r)
         let listeners = buildListeners(top, pools: pools, &r)
         var config = FulcrumConfig(workers: workers, drainTimeout: drain, bufferSize: bufferSize,
-                                   listeners: listeners, pools: pools, pidFile: pidFile, upgradeSocket: upgradeSocket)
+                                   listeners: listeners, pools: pools, pidFile: pidFile, upgradeSocket: upgradeSocket,
+                                   accessLog: accessLog)
         if let node = top["admin"] {
             config.admin = buildAdmin(node, listeners: listeners, &r)
         }

@@ -174,6 +174,12 @@ public struct ConnectionLifecycle: Sendable {
     public private(set) var attempts = 0
     /// A byte of the answer has been forwarded.
     public private(set) var answered = false
+    /// Times the client's kept bytes were sent to another backend.
+    public private(set) var replays = 0
+    /// A second leg raced a slow connect.
+    public private(set) var hedged = false
+    /// The backend last picked, or the one connected to: kept once the connection has ended.
+    public private(set) var lastBackend: Int?
     private var legs: (Attempt?, Attempt?) = (nil, nil)
     private var hedgePickAsked = false
 
@@ -217,6 +223,7 @@ public struct ConnectionLifecycle: Sendable {
             hedgePickAsked = false
             guard case .backend(let backend, let trial) = result else { return Decision(.none) }
             attempts += 1
+            hedged = true
             legs.1 = Attempt(backend: backend, trial: trial)
             return Decision(.connect(.hedge, backend: backend))
         case (.connecting, .retryDenied) where hedgePickAsked:
@@ -260,6 +267,7 @@ public struct ConnectionLifecycle: Sendable {
         case .backend(let backend, let trial):
             attempts += 1
             legs.0 = Attempt(backend: backend, trial: trial)
+            lastBackend = backend
             state = .connecting
             return Decision(.connect(.primary, backend: backend))
         case .full:
@@ -275,6 +283,7 @@ public struct ConnectionLifecycle: Sendable {
         guard let winner = attempt(leg) else { return Decision(.none) }
         let loser = attempt(leg == .primary ? .hedge : .primary)
         legs = (winner, nil)
+        lastBackend = winner.backend
         state = .forwarding
         return Decision(.attach(leg), loser.map { settle($0, .noVerdict, release: true) })
     }
@@ -303,6 +312,7 @@ public struct ConnectionLifecycle: Sendable {
         let outcome: CircuitBreaker.Outcome = failure == .firstByteTimeout ? .firstByteTimeout : .resetBeforeFirstByte
         if canReplay && attempts < settings.maxAttempts {
             legs.0 = nil
+            replays += 1
             state = .replaying
             return Decision(.replay, settle(attempt, .outcome(outcome), release: true))
         }

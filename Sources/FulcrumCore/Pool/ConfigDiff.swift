@@ -5,7 +5,8 @@
 ///   running FulcrumConfig ─┐
 ///                          ├─▶ ConfigDiff(from:to:) ─▶ [Change], in the order to apply them:
 ///   loaded FulcrumConfig ──┘
-///     1. top-level values   needs restart (workers, buffer_size: the running value is kept), drain_timeout
+///     1. top-level values   needs restart (workers, buffer_size: the running value is kept), drain_timeout,
+///                           access_log
 ///     2. pools added        before any listener can point at them
 ///     3. each kept pool     settings replaced, backends removed, changed, added, order (for `first`)
 ///     4. listeners          removed, then moved or changed, then added (an address a removed listener
@@ -27,6 +28,9 @@ public struct ConfigDiff: Equatable, Sendable {
         case drainTimeoutChanged(from: Duration, to: Duration)
         /// The admin API moves, changes its token source, or is turned on or off.
         case adminChanged(from: FulcrumConfig.Admin?, to: FulcrumConfig.Admin?)
+        /// The access log's destination or format changed (nil: off): connections that end after the reload
+        /// are logged the new way (those accepted while it was off are not logged).
+        case accessLogChanged(from: AccessLogConfig?, to: AccessLogConfig?)
 
         // MARK: Pools
         case poolAdded(FulcrumConfig.Pool)
@@ -63,6 +67,8 @@ public struct ConfigDiff: Equatable, Sendable {
             case let .adminChanged(from, to):
                 return "admin: \(from.map { "\($0.address)" } ?? "off") -> \(to.map { "\($0.address)" } ?? "off")"
                     + (from?.token != to?.token && from != nil && to != nil ? " (token source changed)" : "")
+            case let .accessLogChanged(from, to):
+                return "access_log: \(from?.description ?? "off") -> \(to?.description ?? "off")"
             case let .poolAdded(pool):
                 return "pool \(pool.name): added with \(pool.backends.count) backend(s)"
             case let .poolRemoved(name):
@@ -151,6 +157,9 @@ public struct ConfigDiff: Equatable, Sendable {
         }
         if running.admin != loaded.admin {
             changes.append(.adminChanged(from: running.admin, to: loaded.admin))
+        }
+        if running.accessLog != loaded.accessLog {
+            changes.append(.accessLogChanged(from: running.accessLog, to: loaded.accessLog))
         }
         return changes
     }
