@@ -155,6 +155,7 @@ public final class Engine {
         // that cannot be read or an address that cannot be bound stops the start.
         let startAdmin = { [logger, configPath] (settings: FulcrumConfig.Admin) throws(SystemError) -> AdminServer in
             let server = try AdminServer(settings: settings, state: state, configPath: configPath, logger: logger)
+            server.page = { StatusPage.html }
             server.reload = {
                 guard let configPath, phase == .serving else {
                     return .failed(errors: [phase == .serving ? "this process has no configuration file to re-read"
