@@ -154,7 +154,9 @@ final class AdminServer {
         case (.get, "events"), (.head, "events"):
             json(responder, 200, state.eventsJSON(pool: pool, slot: slot))
         case (.post, "drain"), (.post, "disable"), (.post, "enable"):
-            let generation = state.adminSetState(pool: pool, slot: slot, OperatorState(rawValue: action)!, by: who)
+            // The verbs are not the state names: `disable` sets `disabled`.
+            let wanted: OperatorState = action == "drain" ? .drain : action == "disable" ? .disabled : .enabled
+            let generation = state.adminSetState(pool: pool, slot: slot, wanted, by: who)
             answerWhenApplied(responder, generation, pool: pool, slot: slot)
         case (.post, "weight"), (.put, "weight"):
             let body: JSON
