@@ -29,4 +29,16 @@ Fulcrum listens on 127.0.0.1:7000. In another terminal:
 Ctrl-C (SIGINT) drains open connections and stops.
 
 MSG
+# Once Fulcrum serves (its admin API accepts connections; it is bound after the listeners), say where
+# its status page is.
+(
+  for _ in $(seq 1 600); do
+    if (exec 3<>/dev/tcp/127.0.0.1/9901) 2>/dev/null; then
+      printf '\nstatus page: http://127.0.0.1:9901/   (or: .build/release/fulcrum status --config examples/quickstart.yaml)\n\n'
+      exit 0
+    fi
+    sleep 0.05
+  done
+) &
+PIDS+=($!)
 .build/release/fulcrum run --config examples/quickstart.yaml

@@ -160,6 +160,7 @@ public final class Engine {
         let startAdmin = { [logger, configPath] (settings: FulcrumConfig.Admin) throws(SystemError) -> AdminServer in
             let server = try AdminServer(settings: settings, state: state, configPath: configPath, logger: logger)
             server.metrics = { state.metricsText(version: Engine.version) }
+            server.page = { StatusPage.html }
             server.reload = {
                 guard let configPath, phase == .serving else {
                     return .failed(errors: [phase == .serving ? "this process has no configuration file to re-read"

@@ -20,9 +20,10 @@ struct FulcrumCommand: ParsableCommand {
           fulcrum check --config examples/quickstart.yaml   # validate and print the plan
           fulcrum run --config examples/quickstart.yaml     # serve until SIGTERM or Ctrl-C
           fulcrum reload --config examples/quickstart.yaml  # validate, then make the running process re-read it
+          fulcrum status --config examples/quickstart.yaml  # the running process's pools and backends, from its admin API
         """,
         version: version,
-        subcommands: [Run.self, Check.self, Reload.self, Upgrade.self],
+        subcommands: [Run.self, Check.self, Reload.self, Upgrade.self, Status.self],
         defaultSubcommand: nil
     )
 }
