@@ -178,6 +178,12 @@ public final class Engine {
                 throw error
             }
         }
+        // The closures below and the admin server hold the live state: let go of them when the run ends.
+        defer {
+            state.onReloaded = nil
+            admin?.close()
+            admin = nil
+        }
         state.onReloaded = { [logger] new in
             // Every reload (SIGHUP, POST /reload) applies `access_log:` too.
             accessLog?.configure(new.accessLog)
