@@ -27,6 +27,8 @@ final class AdminServer {
     private var server: HTTPServer?
     private(set) var settings: FulcrumConfig.Admin
     private var token: [UInt8]?
+    private var lastRefusalLog: Int64 = .min / 2
+    private var suppressedRefusals = 0
     /// Serves `GET /`.
     var page: () -> String = { "" }
     /// Serves `GET /metrics`.
@@ -116,6 +118,11 @@ final class AdminServer {
     private func handle(_ request: HTTPRequest, _ responder: HTTPResponder) {
         let parts = request.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
         let changing = [.post, .put, .delete].contains(request.method)
+        guard hostAllowed(request) else {
+            refused("admin: refused a request for another host name (DNS rebinding?)", request)
+            return error(responder, 421, "this admin API answers to its loopback address only, not to Host \(request.header("host") ?? "")",
+                         hint: "use http://\(server?.endpoint.description ?? "127.0.0.1:9901")/; a reverse proxy must pass that Host")
+        }
         if changing {
             guard authorized(request, responder), sameOrigin(request, responder) else { return }
         }
@@ -232,9 +239,7 @@ final class AdminServer {
         let prefix = "Bearer "
         let given = header.hasPrefix(prefix) ? Array(header.utf8.dropFirst(prefix.utf8.count)) : []
         if Self.constantTimeEqual(given, token) { return true }
-        logger.warning("admin: refused a change without the right token", metadata: [
-            "peer": "\(request.peer)", "path": "\(request.path)", "authorization": "\(header.isEmpty ? "missing" : "wrong")",
-        ])
+        refused("admin: refused a change without the right token (\(header.isEmpty ? "none" : "wrong"))", request)
         send(responder, 401, "application/json", JSON.object([
             "error": .string("this change needs the admin token"),
             "hint": .string("send Authorization: Bearer <token>"),
@@ -242,19 +247,48 @@ final class AdminServer {
         return false
     }
 
-    /// Cross-site request forgery: a browser on another site must not be able to post here.
+    /// Cross-site request forgery: a browser on another site must not be able to post here. A request
+    /// that carries an `Origin` must come from the host it is sent to (any scheme: a TLS reverse proxy in
+    /// front is fine); one a browser marks cross-site is refused. Clients that are not browsers send neither.
     private func sameOrigin(_ request: HTTPRequest, _ responder: HTTPResponder) -> Bool {
         if let origin = request.header("origin") {
             let host = request.header("host") ?? ""
-            if origin == "http://\(host)" { return true }
+            let originHost = origin.split(separator: "/", omittingEmptySubsequences: true).dropFirst().first.map(String.init)
+            if originHost == host && (origin.hasPrefix("http://") || origin.hasPrefix("https://")) { return true }
         } else if request.header("sec-fetch-site").map({ $0 == "same-origin" || $0 == "none" }) ?? true {
             return true
         }
-        logger.warning("admin: refused a cross-site change", metadata: [
-            "peer": "\(request.peer)", "origin": "\(request.header("origin") ?? "-")",
-        ])
+        refused("admin: refused a cross-site change (origin \(request.header("origin") ?? "-"))", request)
         error(responder, 403, "cross-site request refused", hint: "changes come from the admin's own page or a non-browser client")
         return false
+    }
+
+    /// With the admin on a loopback address, a browser may only reach it under a loopback name: a page
+    /// elsewhere whose name an attacker points at 127.0.0.1 (DNS rebinding) is refused, reads included.
+    private func hostAllowed(_ request: HTTPRequest) -> Bool {
+        guard settings.isLoopback, let host = request.header("host") else { return true }
+        var name = host
+        if name.hasPrefix("[") {
+            name = String(name.prefix { $0 != "]" }.dropFirst())
+        } else if let colon = name.lastIndex(of: ":") {
+            name = String(name[..<colon])
+        }
+        return name == "localhost" || name == "::1" || name.hasPrefix("127.") && name.split(separator: ".").count == 4
+    }
+
+    /// A refused request, logged at most once a second (the rest are counted), so that a flood of them
+    /// cannot flood the log.
+    private func refused(_ what: String, _ request: HTTPRequest) {
+        let now = state.base.monotonicMicroseconds
+        guard now - lastRefusalLog >= 1_000_000 else {
+            suppressedRefusals += 1
+            return
+        }
+        logger.warning("\(what)", metadata: [
+            "peer": "\(request.peer)", "path": "\(request.path)", "not_logged_since_last": "\(suppressedRefusals)",
+        ])
+        lastRefusalLog = now
+        suppressedRefusals = 0
     }
 
     static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
@@ -286,8 +320,11 @@ final class AdminServer {
 
     private func send(_ responder: HTTPResponder, _ status: Int, _ type: String, _ body: String,
                       headers: [(String, String)] = []) {
+        // Never framed by another page (clickjacking the status page's buttons).
         responder.send(status: status, reason: Self.reason(status), contentType: type,
-                       headers: headers + [("X-Content-Type-Options", "nosniff")], body: Array(body.utf8))
+                       headers: headers + [("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+                                           ("Content-Security-Policy", "frame-ancestors 'none'")],
+                       body: Array(body.utf8))
     }
 
     static func reason(_ status: Int) -> String {
@@ -298,6 +335,7 @@ final class AdminServer {
         case 403: return "Forbidden"
         case 404: return "Not Found"
         case 405: return "Method Not Allowed"
+        case 421: return "Misdirected Request"
         case 422: return "Unprocessable Content"
         case 503: return "Service Unavailable"
         default: return "Error"

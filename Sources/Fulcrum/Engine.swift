@@ -170,7 +170,9 @@ public final class Engine {
             }
             return server
         }
-        if let settings = config.admin {
+        // After a takeover the old process holds the admin address until it has handed over: this one binds
+        // it once serving (below).
+        if let settings = config.admin, takeover == nil {
             do throws(SystemError) {
                 admin = try startAdmin(settings)
             } catch {
@@ -184,11 +186,12 @@ public final class Engine {
             admin?.close()
             admin = nil
         }
-        state.onReloaded = { [logger] new in
-            // Every reload (SIGHUP, POST /reload) applies `access_log:` too.
-            accessLog?.configure(new.accessLog)
-            // `admin:` changes with a reload: moved, turned on or off, or a token file read again.
-            switch (admin, new.admin) {
+        // `admin:` changes with a reload: moved, turned on or off, or a token file read again. Applied once
+        // every worker has the reload and 100 ms later, never inside a request of the server it may close: a
+        // `POST /reload` is answered on the old address first, and its answer has time to leave.
+        var adminWanted: FulcrumConfig.Admin?
+        let applyAdmin = Timer(base: base) { [logger] in
+            switch (admin, adminWanted) {
             case (let server?, let settings?): server.apply(settings)
             case (let server?, nil):
                 server.close()
@@ -200,6 +203,14 @@ public final class Engine {
                     logger.error("admin: cannot start the admin API the reload turned on", metadata: ["error": "\(error)"])
                 }
             case (nil, nil): break
+            }
+        }
+        state.onReloaded = { new in
+            // Every reload (SIGHUP, POST /reload) applies `access_log:` too.
+            accessLog?.configure(new.accessLog)
+            state.whenApplied(state.generation) {
+                adminWanted = new.admin
+                applyAdmin.schedule(after: 100_000)
             }
         }
         do throws(SystemError) {
@@ -274,8 +285,36 @@ public final class Engine {
         // line finds it.
         handover = Handover.serving(config: config, takeover: takeover, base: base, sockets: { state.listenerSockets },
                                     logger: logger) {
-            if phase == .serving { drain("upgrade: a new process serves every listener; draining", false) }
+            guard phase == .serving else { return }
+            // The new process serves the admin API from now on, on the same address.
+            admin?.close()
+            admin = nil
+            adminWanted = nil
+            drain("upgrade: a new process serves every listener; draining", false)
         }
+        // After a takeover: the admin address is free once the old process has closed it, a moment after it
+        // confirmed the takeover.
+        var adminAttempts = 0
+        var bindAdmin: () -> Bool = { true }
+        let bindAdminTimer = Timer(base: base) { if !bindAdmin() { adminAttempts = .max } }
+        if takeover != nil, let settings = config.admin {
+            bindAdmin = { [logger] in
+                adminAttempts += 1
+                do throws(SystemError) {
+                    if admin == nil { admin = try startAdmin(settings) }
+                    return true
+                } catch {
+                    if error.errno == EADDRINUSE && adminAttempts < 60 {
+                        bindAdminTimer.schedule(after: 50_000)
+                        return true
+                    }
+                    logger.error("admin: cannot serve the admin API after the takeover", metadata: ["error": "\(error)"])
+                    return false
+                }
+            }
+            bindAdminTimer.schedule(after: 0)
+        }
+        defer { bindAdmin = { true } }
         if takeover != nil, let path = config.pidFile {
             do throws(SystemError) {
                 pidFile = try PidFile.write(path)

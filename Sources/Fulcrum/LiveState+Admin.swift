@@ -30,6 +30,8 @@ extension LiveState {
     /// Sets (or clears, with nil) the operator-state override of a backend; returns the generation that
     /// carries it to the workers.
     func adminSetState(pool: Int, slot: Int, _ state: OperatorState?, by who: String) -> Int {
+        // Asking for what is already set changes nothing: no history entry, nothing sent to the workers.
+        guard pools[pool].backends[slot].overrides.state != state else { return generation }
         let address = pools[pool].backends[slot].id.address
         let before = pools[pool].backends[slot].effective.state
         pools[pool].setOperatorState(address, state)
@@ -41,6 +43,7 @@ extension LiveState {
 
     /// Sets (or clears, with nil) the weight override of a backend.
     func adminSetWeight(pool: Int, slot: Int, _ weight: Int?, by who: String) -> Int {
+        guard pools[pool].backends[slot].overrides.weight != weight else { return generation }
         let address = pools[pool].backends[slot].id.address
         let before = pools[pool].backends[slot].effective.weight
         pools[pool].setWeight(address, weight)

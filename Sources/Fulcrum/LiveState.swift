@@ -230,7 +230,6 @@ final class LiveState {
         let applying = diff.changes.filter { if case .needsRestart = $0 { return false } else { return true } }
         for change in applying { logger.info("reload: \(change)") }
         recordConfigEvents(applying)
-        onReloaded?(target)
         // A pool added with active checks takes clients once its backends have had their first checks.
         let warming = (poolCountBefore..<pools.count).filter {
             pools[$0].settings.resilience.health != nil && !pools[$0].listed.isEmpty
@@ -241,6 +240,7 @@ final class LiveState {
         }
         // The snapshots go out first: a probe can report at once, and its verdict must follow them.
         post(to: Array(0..<workers), drainTimeout: drainTimeoutChanged ? target.drainTimeout : nil)
+        onReloaded?(target)
         logger.notice("configuration reloaded", metadata: [
             "config": "\(path)", "changes": "\(applying.count)", "generation": "\(generation)",
             "reloads": "\(reloadsSucceeded)",

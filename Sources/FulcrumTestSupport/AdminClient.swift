@@ -17,7 +17,8 @@ public enum AdminClient {
                                body: String? = nil, timeout: Double = 10) throws -> AdminResponse {
         let socket = try TestSocket.connect(port: port, timeout: timeout)
         defer { socket.close() }
-        var text = "\(method) \(path) HTTP/1.0\r\nHost: 127.0.0.1:\(port)\r\n"
+        var text = "\(method) \(path) HTTP/1.0\r\n"
+        if headers["Host"] == nil { text += "Host: 127.0.0.1:\(port)\r\n" }
         for (name, value) in headers { text += "\(name): \(value)\r\n" }
         if let body { text += "Content-Length: \(body.utf8.count)\r\nContent-Type: application/json\r\n" }
         text += "\r\n" + (body ?? "")

@@ -223,6 +223,30 @@ extension Integration {
             #expect(FileManager.default.fileExists(atPath: socket))
         }
 
+        /// With the admin API on, a takeover hands it over too: the old process closes it when the new one
+        /// is ready, and the new one serves it on the same address.
+        @Test func theAdminAPIMovesToTheNewProcess() throws {
+            let backend = try TestBackend(.echo)
+            let dir = try TemporaryDirectory()
+            let socket = dir.url.appendingPathComponent("upgrade.sock").path
+            // A fixed admin port: bound for a moment to find a free one, then let go.
+            var reserved: RefusingPort? = try RefusingPort()
+            let adminPort = reserved!.port
+            reserved = nil
+            let config = upgradeConfig(backend, socket: socket, workers: 1)
+                .replacingOccurrences(of: "listeners:", with: "admin: {listen: 127.0.0.1:\(adminPort)}\nlisteners:")
+            let old = try FulcrumProcess(config: config)
+            let oldPID = try AdminClient.get(port: adminPort, "/status")["fulcrum"] as? [String: Any]
+            #expect(oldPID?["pid"] as? Int == Int(old.process.processIdentifier))
+            let new = try FulcrumProcess(config: config, arguments: ["--upgrade-from", socket],
+                                         readyLine: "took over every listening socket")
+            try new.waitForLog(containing: "admin API on http://127.0.0.1:\(adminPort)/")
+            let status = try AdminClient.get(port: adminPort, "/status")
+            #expect((status["fulcrum"] as? [String: Any])?["pid"] as? Int == Int(new.process.processIdentifier))
+            #expect(try old.waitForExit(timeout: 10) == 0)
+            try oneRequest(port: new.port("front"), "after")
+        }
+
         /// A new process with fewer workers takes every socket of the group: one of its workers accepts
         /// on two, so connections that the kernel hashes to the second socket are served too.
         @Test func fewerWorkersTakeEverySocketOfTheGroup() throws {
