@@ -105,3 +105,25 @@ public enum Socket {
         signal(SIGPIPE, SIG_IGN)
     }
 }
+
+/// This process's descriptor counts, for its metrics.
+public enum ProcessInfoReader {
+    /// Descriptors open now (the entries of /proc/self/fd, less the one reading it).
+    public static func openDescriptors() -> Int {
+        guard let directory = opendir("/proc/self/fd") else { return 0 }
+        defer { closedir(directory) }
+        var count = 0
+        while let entry = readdir(directory) {
+            let first = withUnsafeBytes(of: entry.pointee.d_name) { $0.first ?? 0 }
+            if first != UInt8(ascii: ".") { count += 1 }
+        }
+        return max(0, count - 1)
+    }
+
+    /// The soft limit of open descriptors.
+    public static func descriptorLimit() -> Int {
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
+        return Int(clamping: limit.rlim_cur)
+    }
+}

@@ -159,7 +159,7 @@ public final class Engine {
         // that cannot be read or an address that cannot be bound stops the start.
         let startAdmin = { [logger, configPath] (settings: FulcrumConfig.Admin) throws(SystemError) -> AdminServer in
             let server = try AdminServer(settings: settings, state: state, configPath: configPath, logger: logger)
-            server.metrics = { state.metricsText(version: Engine.version) }
+            server.metrics = { state.metricsText(version: Engine.version, accessLogDropped: accessLog?.droppedLines) }
             server.page = { StatusPage.html }
             server.reload = {
                 guard let configPath, phase == .serving else {

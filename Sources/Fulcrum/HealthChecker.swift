@@ -187,14 +187,18 @@ final class HealthChecker {
         let success = verdict == .pass
         var reason: String?
         if case .fail(let why) = verdict { reason = why }
+        let before = target.state.state
         let change = target.state.record(success: success, error: reason)
         var detail: String?
         if let change {
             let check = Self.name(target.health.check)
             let elapsed = Duration.microseconds(took).configText
+            // From unknown one probe decides; otherwise rise (or fall) probes in a row did.
+            let count = before == .unknown ? "first check"
+                : change == .up ? "rise \(target.state.rise) in a row" : "fall \(target.state.fall) in a row"
             detail = change == .up
-                ? "check \(check) passed in \(elapsed) (rise \(target.state.successes)/\(target.state.successes))"
-                : "check \(check) failed: \(reason ?? "") after \(elapsed) (fall \(target.state.failures)/\(target.state.failures))"
+                ? "check \(check) passed in \(elapsed) (\(count))"
+                : "check \(check) failed: \(reason ?? "") after \(elapsed) (\(count))"
             let metadata: Logger.Metadata = [
                 "pool": "\(target.poolName)", "backend": "\(target.address)", "check": "\(Self.name(target.health.check))",
             ]

@@ -33,6 +33,11 @@ final class LiveState {
     private var applied: [Int]
     private(set) var reloadsSucceeded = 0
     private(set) var reloadsFailed = 0
+    /// Whether the last reload applied; when the configuration last applied (start or reload), wall-clock
+    /// microseconds; when the process started.
+    private(set) var lastReloadSucceeded = true
+    private(set) var lastApplied = WallClock.microseconds
+    let startedAt = WallClock.microseconds
     /// The generation whose application by every worker is still to be logged, and what it was.
     /// What waits for every worker to apply a generation: the reload's log line and notification, an
     /// admin request's answer.
@@ -169,6 +174,7 @@ final class LiveState {
             loaded = try ConfigFile.load(path: path)
         } catch {
             reloadsFailed += 1
+            lastReloadSucceeded = false
             // One log entry per error, each as `fulcrum check` prints it, for log pipelines that read lines.
             let lines = "\(error)".split(separator: "\n").map { String($0.drop { $0 == " " }) }
             logger.error("reload failed: the configuration is invalid; nothing changed, the running configuration stays", metadata: [
@@ -191,6 +197,7 @@ final class LiveState {
             listeners = try rebind(target)
         } catch {
             reloadsFailed += 1
+            lastReloadSucceeded = false
             logger.error("reload failed: \(error); nothing changed, the running configuration stays", metadata: [
                 "config": "\(path)", "reloads_failed": "\(reloadsFailed)",
             ])
@@ -227,6 +234,8 @@ final class LiveState {
         let names = Set(target.pools.map(\.name))
         for index in pools.indices where !names.contains(pools[index].name) { pools[index].retired = true }
         reloadsSucceeded += 1
+        lastReloadSucceeded = true
+        lastApplied = WallClock.microseconds
         let applying = diff.changes.filter { if case .needsRestart = $0 { return false } else { return true } }
         for change in applying { logger.info("reload: \(change)") }
         recordConfigEvents(applying)
@@ -427,17 +436,21 @@ final class LiveState {
             waiters.removeAll { $0.generation <= done }
             for waiter in ready { waiter.done() }
         case .breaker(let worker, let pool, let slot, let breaker):
+            let before = pools[pool].backends[slot].breaker
             pools[pool].breakerChanged(slot: slot, worker: worker, breaker)
+            let after = pools[pool].backends[slot].breaker
+            // The history keeps the backend's story, not every worker's: the first worker to open or go
+            // half-open, and the last to close. The counts say how many workers agree.
             let what: String
             switch breaker.state {
-            case .open: what = "opened"
-            case .halfOpen: what = "half-open"
-            case .closed: what = "closed"
+            case .open where before.open == 0: what = "opened"
+            case .halfOpen where before.halfOpen == 0: what = "half-open"
+            case .closed where after.isClosed: what = "closed"
+            default: return
             }
-            let summary = pools[pool].backends[slot].breaker
             pools[pool].record(slot: slot, BackendEvent(
                 at: WallClock.microseconds, source: .breaker,
-                message: "breaker \(what) on worker \(worker)\(breaker.reason.map { ": \($0)" } ?? "") (now \(summary.counts))"))
+                message: "breaker \(what) on worker \(worker)\(breaker.reason.map { ": \($0)" } ?? "") (now \(after.counts))"))
         }
     }
 

@@ -1,3 +1,4 @@
+import EventLoop
 import FulcrumCore
 
 /// The read side of the metrics, for `GET /status` and `GET /metrics`: every value summed over the
@@ -40,13 +41,27 @@ extension LiveState {
 
     /// Every metric in the Prometheus text format (`PrometheusText.contentType`), for `GET /metrics`.
     /// `version` is the build's, for `fulcrum_build_info`.
-    func metricsText(version: String) -> String {
+    func metricsText(version: String, accessLogDropped: UInt64? = nil) -> String {
         var text = PrometheusText()
         text.family("fulcrum_build_info", .gauge, help: "Always 1; the version of the running build.")
         text.sample("fulcrum_build_info", [("version", version)], 1)
+        text.family("process_start_time_seconds", .gauge, help: "Start time of the process since the Unix epoch, in seconds.")
+        text.sample("process_start_time_seconds", [], Double(startedAt) / 1e6)
+        text.family("process_open_fds", .gauge, help: "Open file descriptors.")
+        text.sample("process_open_fds", [], ProcessInfoReader.openDescriptors())
+        text.family("process_max_fds", .gauge, help: "The limit of open file descriptors.")
+        text.sample("process_max_fds", [], ProcessInfoReader.descriptorLimit())
         text.family("fulcrum_config_reloads_total", .counter, help: "Configuration reloads, by result.")
         text.sample("fulcrum_config_reloads_total", [("result", "success")], reloadsSucceeded)
         text.sample("fulcrum_config_reloads_total", [("result", "failure")], reloadsFailed)
+        text.family("fulcrum_config_last_reload_successful", .gauge, help: "1 if the last reload applied (or none was tried), 0 if it failed.")
+        text.sample("fulcrum_config_last_reload_successful", [], lastReloadSucceeded ? 1 : 0)
+        text.family("fulcrum_config_last_reload_success_timestamp_seconds", .gauge, help: "When the running configuration was applied (start or last successful reload), seconds since the Unix epoch.")
+        text.sample("fulcrum_config_last_reload_success_timestamp_seconds", [], Double(lastApplied) / 1e6)
+        if let accessLogDropped {
+            text.family("fulcrum_access_log_dropped_lines_total", .counter, help: "Access log lines dropped: the writer fell behind or a write failed.")
+            text.sample("fulcrum_access_log_dropped_lines_total", [], Int(accessLogDropped))
+        }
         writeListeners(&text)
         writePools(&text)
         writeBackends(&text)
@@ -66,7 +81,8 @@ extension LiveState {
     }
 
     private func writePools(_ text: inout PrometheusText) {
-        let counts = pools.indices.map { (pools[$0].name, poolCounts(pool: $0)) }
+        // A pool the file no longer defines is gone from the metrics (its series end, as Prometheus expects).
+        let counts = pools.indices.filter { !pools[$0].retired }.map { (pools[$0].name, poolCounts(pool: $0)) }
         let simple: [(String, PrometheusText.Kind, String, PoolMetric)] = [
             ("fulcrum_pool_retries_total", .counter, "Connects retried on another backend after a failed attempt.", .retries),
             ("fulcrum_pool_replays_total", .counter, "Requests replayed to another backend after a failure before the first byte.", .replays),
@@ -92,11 +108,11 @@ extension LiveState {
     }
 
     private func writeBackends(_ text: inout PrometheusText) {
-        // Every slot a pool has had: counters never go back, and a removed backend's series stay
-        // (`fulcrum_backend_listed` 0) so that its connections still draining are seen.
+        // Every listed backend, and a removed one while its connections still drain
+        // (`fulcrum_backend_listed` 0): then its series end, as a target's do when it goes away.
         var rows: [(labels: [(String, String)], pool: Int, slot: Int, counts: BackendCounts)] = []
-        for pool in pools.indices {
-            for backend in pools[pool].backends {
+        for pool in pools.indices where !pools[pool].retired {
+            for backend in pools[pool].backends where backend.listed || shared[pool].counters.count(backend.slot) > 0 {
                 rows.append(([("pool", pools[pool].name), ("backend", "\(backend.id.address)")], pool, backend.slot,
                              backendCounts(pool: pool, slot: backend.slot)))
             }

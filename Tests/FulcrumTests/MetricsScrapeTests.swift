@@ -88,6 +88,9 @@ extension Integration {
                 samples.first { sample in sample.name == name && labels.allSatisfy { sample.labels[$0.key] == $0.value } }?.value
             }
             #expect(value("fulcrum_build_info", [:]) == 1)
+            #expect(value("fulcrum_config_last_reload_successful", [:]) == 1)
+            #expect((value("process_open_fds", [:]) ?? 0) >= 10 && (value("process_max_fds", [:]) ?? 0) >= 1024)
+            #expect((value("process_start_time_seconds", [:]) ?? 0) > 1.7e9)
             #expect(value("fulcrum_config_reloads_total", ["result": "success"]) == 1)
             #expect(value("fulcrum_config_reloads_total", ["result": "failure"]) == 0)
             #expect(value("fulcrum_backend_connections_total", ["backend": aa, "pool": "app"]) == 41)
