@@ -71,6 +71,7 @@ extension LiveState {
         return .object([
             "fulcrum": .object([
                 "version": .string(Engine.version), "pid": .int(Int(getpid())), "workers": .int(workers),
+                "now": .string(Self.iso8601(wall)),
                 "uptime_seconds": .int(Int(uptime / 1_000_000)), "config": .optional(configPath),
                 "generation": .int(generation),
                 "reloads": .object(["succeeded": .int(reloadsSucceeded), "failed": .int(reloadsFailed)]),

@@ -151,11 +151,13 @@ table.listeners { width: auto; min-width: 50%; }
     return n < 1 ? n.toFixed(2) : n < 10 ? n.toFixed(1) : String(Math.round(n));
   }
   // How long since `iso`, e.g. "3m 12s".
+  let clockSkew = 0;
   function ago(iso) {
     if (!iso) return "";
     const t = Date.parse(iso);
     if (isNaN(t)) return "";
-    let s = Math.max(0, Math.round((Date.now() - t) / 1000));
+    // Against the proxy's clock (its `now` in /status), not this browser's.
+    let s = Math.max(0, Math.round((Date.now() + clockSkew - t) / 1000));
     if (s < 60) return s + "s";
     if (s < 3600) return Math.floor(s / 60) + "m " + (s % 60) + "s";
     if (s < 86400) return Math.floor(s / 3600) + "h " + Math.floor(s % 3600 / 60) + "m";
@@ -388,7 +390,7 @@ table.listeners { width: auto; min-width: 50%; }
     const address = b.address;
     const state = b.state ? b.state.value : "enabled";
     const act = (action) => el("button", {
-      type: "button", disabled: state === action || (action === "enable" && state === "enabled") || undefined,
+      type: "button", disabled: state === { drain: "drain", disable: "disabled", enable: "enabled" }[action] || undefined,
       title: { drain: "no new connections; open ones finish", disable: "no new connections (maintenance)", enable: "back into rotation" }[action],
       onclick: () => change("POST", path(pool, address, action), undefined, action + " " + address),
     }, action === "drain" ? "Drain" : action === "disable" ? "Disable" : "Enable");
@@ -516,11 +518,12 @@ table.listeners { width: auto; min-width: 50%; }
       f.reloads ? " · reloads " + f.reloads.succeeded + " ok, " + f.reloads.failed + " failed" : ""]);
 
     const listeners = Array.isArray(status.listeners) ? status.listeners : [];
-    const showConnections = listeners.some((l) => num(l.connections_active) !== null);
+    const active = (l) => l.connections ? l.connections.active : undefined;
+    const showConnections = listeners.some((l) => num(active(l)) !== null);
     document.querySelector(".c-lconn").style.display = showConnections ? "" : "none";
     $("listeners").replaceChildren(...listeners.map((l) => el("tr", null,
       el("td", null, l.name), el("td", { class: "addr" }, l.address), el("td", null, l.pool),
-      showConnections ? el("td", { class: "num" }, count(l.connections_active)) : null)));
+      showConnections ? el("td", { class: "num" }, count(active(l))) : null)));
 
     const seen = new Set();
     const pools = (Array.isArray(status.pools) ? status.pools : []).map((p) => renderPool(p, now, seen));
@@ -542,7 +545,10 @@ table.listeners { width: auto; min-width: 50%; }
       const response = await fetch("/status", { cache: "no-store", signal: controller.signal });
       clearTimeout(abort);
       if (!response.ok) throw new Error("HTTP " + response.status);
-      render(await response.json());
+      const status = await response.json();
+      const serverNow = status.fulcrum ? Date.parse(status.fulcrum.now) : NaN;
+      clockSkew = isNaN(serverNow) ? 0 : serverNow - Date.now();
+      render(status);
       live.className = "";
       live.textContent = "live · " + new Date().toLocaleTimeString("en-GB", { hour12: false });
     } catch (error) {
