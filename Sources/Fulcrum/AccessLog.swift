@@ -43,6 +43,14 @@ final class AccessLog: @unchecked Sendable {
     private let mailbox: Mailbox<Message>
     private let logger: Logger
     private var thread: LoopThread?
+    /// Set by the writer thread as it ends.
+    private final class Flag: Sendable {
+        let value = Atomic<Bool>(false)
+    }
+    private let writerEnded = Flag()
+    /// How long `stop` waits for the writer (a write to a stalled pipe or a hung file system may never
+    /// return) before the process goes on exiting without it.
+    static let stopWaitMicroseconds: Int64 = 2_000_000
     /// Main thread only: what runs now.
     private(set) var config: AccessLogConfig?
 
@@ -68,8 +76,10 @@ final class AccessLog: @unchecked Sendable {
         json.store(config?.format == .json, ordering: .relaxed)
         let writer = AccessLogWriter(log: self, fd: fd)
         let mailbox = self.mailbox
+        let ended = writerEnded
         thread = LoopThread.spawn(name: "fulcrum-log", blockedSignals: blockedSignals) {
             writer.run(pipe: pipe, mailbox: mailbox)
+            ended.value.store(true, ordering: .releasing)
         }
         enabled.store(config != nil, ordering: .relaxed)
     }
@@ -112,9 +122,23 @@ final class AccessLog: @unchecked Sendable {
         }
     }
 
-    /// Writes what is queued, closes the file and ends the writer thread. Call it once the workers have ended.
+    /// Writes what is queued, closes the file and ends the writer thread, waiting for it at most
+    /// `stopWaitMicroseconds`: a writer stuck in `write` does not keep the process from exiting. Call it
+    /// once the workers have ended. The wakeup pipe closes only with a writer that ended (a worker that was
+    /// not joined may still post to it).
     func stop() {
         mailbox.post(.stop)
+        var waited: Int64 = 0
+        while !writerEnded.value.load(ordering: .acquiring) && waited < Self.stopWaitMicroseconds {
+            usleep(10_000)
+            waited += 10_000
+        }
+        guard writerEnded.value.load(ordering: .acquiring) else {
+            logger.warning("access log: the writer is stuck in a write (a stalled pipe or file system); exiting without it", metadata: [
+                "dropped_lines": "\(droppedLines)",
+            ])
+            return
+        }
         thread?.join()
         thread = nil
         pipe.close()
