@@ -48,6 +48,8 @@ REFUSED_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1"
 
 cat >"$OUT/fulcrum.yaml" <<YAML
 workers: 2
+admin: {listen: 127.0.0.1:0}
+access_log: {path: $OUT/access.log, format: json}
 listeners:
   - {name: front, listen: 127.0.0.1:0, pool: app}
   - {name: resilient, listen: 127.0.0.1:0, pool: resilient}
@@ -137,6 +139,8 @@ PY
 # backends and changes a strategy and the checks; then one with an invalid file, which changes nothing.
 cat >"$OUT/reloaded.yaml" <<YAML
 workers: 2
+admin: {listen: 127.0.0.1:0}
+access_log: {path: $OUT/access.log, format: logfmt}
 listeners:
   - {name: front, listen: 127.0.0.1:$PORT, pool: app}
   - {name: resilient, listen: 127.0.0.1:$RESILIENT, pool: resilient}
@@ -168,6 +172,37 @@ for i in range(60):
     assert got == b"after reload %d" % i, (i, got)
     c.close()
 print("traffic after reload done")
+PY
+# The admin API: reads, a change answered once the workers applied it, an override cleared, bad requests,
+# a metrics scrape, and a client that leaves before its answer.
+ADMIN=$(grep -o 'admin API on http://127.0.0.1:[0-9]*' "$OUT/fulcrum.log" | tail -1 | cut -d: -f3)
+python3 - "$ADMIN" "$ECHO_PORT" <<'PY'
+import json, socket, sys, urllib.request
+admin, echo = sys.argv[1], sys.argv[2]
+base = "http://127.0.0.1:%s" % admin
+def call(method, path, body=None):
+    request = urllib.request.Request(base + path, method=method, data=body)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+assert call("GET", "/status")[0] == 200
+assert call("GET", "/metrics")[0] == 200
+assert call("GET", "/")[0] == 200
+backend = "/pools/app/backends/127.0.0.1:%s" % echo
+assert call("POST", backend + "/drain")[0] == 200
+assert call("POST", backend + "/weight", b'{"weight": 3}')[0] == 200
+assert call("DELETE", backend + "/override")[0] == 200
+assert call("GET", backend + "/events")[0] == 200
+assert call("POST", backend + "/weight", b'{bad')[0] == 400
+assert call("GET", "/nope")[0] == 404
+for _ in range(5):                       # a client that asks for a change and leaves at once
+    s = socket.create_connection(("127.0.0.1", int(admin)))
+    s.sendall(("POST %s/disable HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n" % backend).encode())
+    s.close()
+assert call("POST", backend + "/enable")[0] == 200
+print("admin requests done")
 PY
 echo "pools: [" >"$OUT/fulcrum.yaml"
 kill -HUP "$FULCRUM_PID"
