@@ -4,6 +4,10 @@
 #
 #   bench/compare.sh                 # 3 rounds, 1 worker each
 #   ROUNDS=5 WORKERS=2 bench/compare.sh
+#   BEFORE_BIN=/path/to/old/fulcrum bench/compare.sh   # also an older build, as `fulcrum_before`
+#
+# Fulcrum runs twice: `fulcrum` as configured by default (metrics are always on; no access log), and
+# `fulcrum_log` with the access log on (json, to a file), so the access log's cost shows on its own row.
 #
 # Rows: small RPCs over 50 persistent connections (redis-benchmark GET, without and with 16-deep
 # pipelining), new connections per second (one PING per connection), and bulk throughput (iperf3, one
@@ -44,6 +48,17 @@ pools:
 YAML
 .build/release/fulcrum run --config "$OUT/fulcrum.yaml" --log-level warning >"$OUT/fulcrum.log" 2>&1 &
 PIDS+=($!)
+# The same with the access log on, on ports +10.
+sed -e 's/17001/17011/; s/17002/17012/' -e "1a access_log: {path: $PWD/$OUT/access.log, format: json}" \
+  "$OUT/fulcrum.yaml" >"$OUT/fulcrum-log.yaml"
+rm -f "$OUT/access.log"
+.build/release/fulcrum run --config "$OUT/fulcrum-log.yaml" --log-level warning >"$OUT/fulcrum-log.log" 2>&1 &
+PIDS+=($!)
+if [ -n "${BEFORE_BIN:-}" ]; then
+  sed -e 's/17001/17021/; s/17002/17022/' "$OUT/fulcrum.yaml" >"$OUT/fulcrum-before.yaml"
+  "$BEFORE_BIN" run --config "$OUT/fulcrum-before.yaml" --log-level warning >"$OUT/fulcrum-before.log" 2>&1 &
+  PIDS+=($!)
+fi
 
 cat >"$OUT/haproxy.cfg" <<CFG
 global
@@ -87,11 +102,12 @@ stream {
 CFG
 nginx -p "$PWD/$OUT" -c "$PWD/$OUT/nginx.conf" >"$OUT/nginx.log" 2>&1 &
 PIDS+=($!)
-for port in 17001 17002 17101 17102 17201 17202; do wait_port "$port"; done
+for port in 17001 17002 17011 17012 17101 17102 17201 17202; do wait_port "$port"; done
 
-declare -A RPC_PORT=([direct]=16379 [fulcrum]=17001 [haproxy]=17101 [nginx]=17201)
-declare -A BULK_PORT=([direct]=15201 [fulcrum]=17002 [haproxy]=17102 [nginx]=17202)
-TARGETS=(direct fulcrum haproxy nginx)
+declare -A RPC_PORT=([direct]=16379 [fulcrum]=17001 [fulcrum_log]=17011 [fulcrum_before]=17021 [haproxy]=17101 [nginx]=17201)
+declare -A BULK_PORT=([direct]=15201 [fulcrum]=17002 [fulcrum_log]=17012 [fulcrum_before]=17022 [haproxy]=17102 [nginx]=17202)
+TARGETS=(direct fulcrum fulcrum_log haproxy nginx)
+if [ -n "${BEFORE_BIN:-}" ]; then wait_port 17021; wait_port 17022; TARGETS+=(fulcrum_before); fi
 RAW="$OUT/raw.tsv"
 : >"$RAW"
 
@@ -136,6 +152,18 @@ out = ["| benchmark | direct | fulcrum | haproxy | nginx | fulcrum / haproxy | f
 for key, title in rows:
     d, f, h, n = (med(key, t) for t in ("direct", "fulcrum", "haproxy", "nginx"))
     out.append(f"| {title} | {fmt(d)} | {fmt(f)} | {fmt(h)} | {fmt(n)} | {f/h:.2f} | {f/n:.2f} | {f/d:.2f} |")
+# The access log's cost, and an older build if one was given, against the same HAProxy figures.
+others = [t for t in ("fulcrum_log", "fulcrum_before") if any(t in data.get(k, {}) for k, _ in rows)]
+if others:
+    out += ["", "| benchmark | " + " | ".join(f"{t} | {t} / haproxy | {t} / fulcrum" for t in others) + " |",
+            "|---|" + "---:|---:|---:|" * len(others)]
+    for key, title in rows:
+        f, h = med(key, "fulcrum"), med(key, "haproxy")
+        cells = []
+        for t in others:
+            v = med(key, t)
+            cells.append(f"{fmt(v)} | {v/h:.2f} | {v/f:.2f}")
+        out.append(f"| {title} | " + " | ".join(cells) + " |")
 table = "\n".join(out)
 print(table)
 versions = subprocess.run("haproxy -v | head -1; nginx -v 2>&1; redis-server --version", shell=True,
