@@ -20,7 +20,7 @@ public final class BackendProcess: @unchecked Sendable {
     deinit {
         if let process, process.isRunning {
             kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            waitBriefly(process)
         }
     }
 
@@ -58,7 +58,7 @@ public final class BackendProcess: @unchecked Sendable {
     public func kill9() {
         guard let process else { return }
         kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        waitBriefly(process)
     }
 }
 

@@ -30,6 +30,13 @@ public func runProgram(_ executable: URL, _ arguments: [String]) throws -> (stat
     return (process.terminationStatus, String(decoding: data, as: UTF8.self))
 }
 
+/// Waits for a killed process to be seen gone, at most `seconds`: a test must never hang on a child whose
+/// end Foundation has not noticed yet.
+public func waitBriefly(_ process: Process, seconds: Double = 5) {
+    let deadline = Date().addingTimeInterval(seconds)
+    while process.isRunning && Date() < deadline { usleep(10_000) }
+}
+
 /// A temporary directory removed when the value is released.
 public final class TemporaryDirectory: @unchecked Sendable {
     public let url: URL
@@ -141,7 +148,7 @@ public final class FulcrumProcess: @unchecked Sendable {
     private func stop() {
         if process.isRunning {
             kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            waitBriefly(process)
         }
     }
 

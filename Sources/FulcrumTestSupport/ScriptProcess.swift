@@ -20,7 +20,7 @@ public final class ScriptProcess: @unchecked Sendable {
     deinit {
         if process.isRunning {
             kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            waitBriefly(process)
         }
     }
 

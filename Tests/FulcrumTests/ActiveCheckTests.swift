@@ -32,7 +32,7 @@ final class RedisServer {
 
     deinit {
         kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        waitBriefly(process)
     }
 }
 
@@ -68,7 +68,7 @@ final class HTTPServer {
 
     deinit {
         kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        waitBriefly(process)
     }
 }
 
