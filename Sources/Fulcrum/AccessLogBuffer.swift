@@ -24,10 +24,7 @@ final class AccessLogBuffer {
     func append(_ record: AccessRecord, lifecycle: ConnectionLifecycle, pool: PoolRuntime, relay: Relay, now: Int64) {
         // A reload may have turned the log off since the connection was accepted.
         guard log.isOn else { return }
-        var wall = timespec()
-        clock_gettime(CLOCK_REALTIME, &wall)
-        append(record.entry(lifecycle: lifecycle, pool: pool, relay: relay, now: now,
-                            wallClock: Int64(wall.tv_sec) * 1_000_000 + Int64(wall.tv_nsec / 1000)))
+        append(record.entry(lifecycle: lifecycle, pool: pool, relay: relay, now: now, wallClock: WallClock.microseconds))
     }
 
     func append(_ entry: AccessLogEntry) {

@@ -62,13 +62,10 @@ extension FulcrumCommand {
                 printError("fulcrum status: \(error)")
                 throw ExitCode(1)
             }
-            print(StatusTable(status: status, color: isatty(STDOUT_FILENO) == 1, now: Self.wallSeconds()).text, terminator: "")
-        }
-
-        static func wallSeconds() -> Double {
-            var spec = timespec()
-            clock_gettime(CLOCK_REALTIME, &spec)
-            return Double(spec.tv_sec) + Double(spec.tv_nsec) / 1e9
+            // "For how long" is measured against the proxy's own clock (its `now`), not this host's.
+            var now = 0.0
+            if case .string(let text)? = status["fulcrum"]?["now"] { now = StatusTable.parseTime(text) ?? 0 }
+            print(StatusTable(status: status, color: isatty(STDOUT_FILENO) == 1, now: now).text, terminator: "")
         }
 
         /// `--admin`, else the file's `admin.listen`, else the default; a wildcard address is reached on loopback.

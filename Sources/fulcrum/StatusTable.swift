@@ -92,7 +92,7 @@ struct StatusTable {
 
     /// ` for 3m` from an ISO 8601 time, or nothing.
     private func since(_ value: JSON?) -> String {
-        guard let text = value?.stringValue, let at = Self.parseTime(text) else { return "" }
+        guard now > 0, let text = value?.stringValue, let at = Self.parseTime(text) else { return "" }
         return " for \(Self.span(max(0, now - at)))"
     }
 
