@@ -8,7 +8,7 @@ SWIFT ?= swift
 BUILD_PACKAGES := libevent-dev pkg-config
 RUN_PACKAGES := $(BUILD_PACKAGES) redis-server redis-tools
 TEST_PACKAGES := $(BUILD_PACKAGES) valgrind binutils python3 python3-prometheus-client redis-server faketime util-linux iproute2 \
-	chromium chromium-driver python3-selenium
+	chromium chromium-driver python3-selenium etcd-server etcd-client dnsmasq-base
 
 # The release build; the Dockerfile runs exactly this.
 RELEASE_FLAGS := -c release --static-swift-stdlib --product fulcrum

@@ -29,6 +29,9 @@ enum Plan {
             "upgrade_socket: \(needsRestart(restart[3]))",
             "admin:          \(admin(config.admin))",
             "access_log:     \(config.accessLog?.description ?? "off")",
+        ]
+        if config.pools.contains(where: \.isDiscovered) { lines.append("dns:            \(dns(config.dns))") }
+        lines += [
             "",
         ]
         for listener in config.listeners {
@@ -74,8 +77,38 @@ enum Plan {
             + "first_byte_timeout \(offOr(r.firstByteTimeout)), on_backend_down \(r.onBackendDown.rawValue), "
             + "panic_threshold \(r.panicThreshold > 0 ? percent(r.panicThreshold) : "off"), "
             + "removed_backend_timeout \(offOr(r.removedBackendTimeout))")
-        lines += backends(pool.backends, balance: pool.balance)
+        lines += backends(pool.backends, balance: pool.balance, discovered: pool.isDiscovered)
+        for name in pool.names {
+            var line = "  \(name.name)  weight \(name.weight)  (discovered: every address the name resolves to, "
+                + "each a backend with these values)"
+            if name.priority > 0 { line += "  priority \(name.priority)" }
+            if name.state != .enabled { line += "  state \(name.state.rawValue)" }
+            if let max = name.maxConnections { line += "  max_connections \(max)" }
+            lines.append(line)
+        }
+        if let source = pool.discovery.source {
+            lines.append("  discovered from \(discoverySource(source)); backends come and go at run time")
+        }
+        if pool.isDiscovered {
+            lines.append("  max_backends \(pool.discovery.maxBackends) discovered (static backends not counted)")
+        }
         return lines
+    }
+
+    private static func discoverySource(_ source: FulcrumConfig.Discovery.Source) -> String {
+        switch source {
+        case .srv(let name):
+            return "DNS SRV records of \(name) (priority -> tier, weight -> weight)"
+        case .etcd(let etcd):
+            return "etcd \(etcd.endpoints.map { "http://\($0)" }.joined(separator: ", ")), keys under \(etcd.prefix)"
+                + " (plain HTTP, no auth)"
+        }
+    }
+
+    private static func dns(_ dns: FulcrumConfig.DNS) -> String {
+        let servers = dns.servers.isEmpty ? "from /etc/resolv.conf" : dns.servers.map(\.description).joined(separator: ", ")
+        return "servers \(servers), family \(dns.family.rawValue), ttl clamped to \(dns.minTTL.configText)"
+            + "..\(dns.maxTTL.configText), timeout \(dns.timeout.configText)"
     }
 
     /// Slow start ramps effective weights, which `hash` (a fixed ring) and `first` (file order) do not use.
@@ -90,7 +123,7 @@ enum Plan {
 
     /// One line per backend. Shares are of the backend's own tier, over the backends that take traffic
     /// (enabled); the lowest tier with one gets the connections, the others only when it has none eligible.
-    private static func backends(_ backends: [FulcrumConfig.Backend], balance: BalanceStrategy) -> [String] {
+    private static func backends(_ backends: [FulcrumConfig.Backend], balance: BalanceStrategy, discovered: Bool) -> [String] {
         let enabled = backends.filter { $0.state == .enabled }
         let first = enabled.map(\.priority).min()
         var lines: [String] = []
@@ -114,7 +147,7 @@ enum Plan {
             if let max = backend.maxConnections { line += "  max_connections \(max)" }
             lines.append(line)
         }
-        if enabled.isEmpty { lines.append("  note: no backend is enabled, so every client is closed") }
+        if enabled.isEmpty && !discovered { lines.append("  note: no backend is enabled, so every client is closed") }
         return lines
     }
 

@@ -22,6 +22,8 @@ public struct FulcrumConfig: Equatable, Sendable {
     public var admin: Admin?
     /// One line per client connection when it ends; off if nil.
     public var accessLog: AccessLogConfig?
+    /// The resolver for host-name backends and SRV discovery.
+    public var dns = DNS()
 
     public static let defaultDrainTimeout: Duration = .seconds(30)
     public static let defaultBufferSize = 256 << 10
@@ -100,6 +102,13 @@ public struct FulcrumConfig: Equatable, Sendable {
         public var queue: Queue
         /// Health checks, circuit breaker, retry budget and replay.
         public var resilience: Resilience
+        /// `backends:` entries named by host name, each resolved to every address of the name.
+        public var names: [NamedBackend] = []
+        /// Where the pool finds more backends than it lists, and the cap on them.
+        public var discovery = Discovery()
+
+        /// Whether anything but the file's own addresses lists backends (host names or a source).
+        public var isDiscovered: Bool { !names.isEmpty || discovery.source != nil }
 
         public static let defaultConnectTimeout: Duration = .seconds(1)
         public static let defaultIdleTimeout: Duration = .seconds(600)

@@ -48,3 +48,11 @@ extension ClosedRange<Duration> {
     /// `1us to 24h`, as hints print it.
     var configText: String { "\(lowerBound.configText) to \(upperBound.configText)" }
 }
+
+extension ConfigLimits {
+    /// Answers are kept at least a second (no query storm on a zero TTL) and at most a day.
+    public static let dnsTTL: ClosedRange<Duration> = .seconds(1) ... longest
+    public static let dnsTimeout: ClosedRange<Duration> = .milliseconds(10) ... .seconds(60)
+    /// A runaway registry cannot list more than this per pool (the pool's slots are bounded too).
+    public static let maxDiscoveredBackends: ClosedRange<Int> = 1...10_000
+}

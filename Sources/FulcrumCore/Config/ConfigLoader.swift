@@ -4,10 +4,10 @@ import Yams
 /// listing every problem at once. Reads no files itself: callers pass the text and the name to report.
 public enum ConfigLoader {
     static let topKeys = ["workers", "drain_timeout", "buffer_size", "pid_file", "upgrade_socket", "admin", "access_log",
-                          "listeners", "pools"]
+                          "dns", "listeners", "pools"]
     static let listenerKeys = ["name", "listen", "pool", "backlog"]
-    static let poolKeys = ["backends", "balance", "connect_timeout", "idle_timeout", "retries", "slow_start", "queue"]
-        + resilienceKeys
+    static let poolKeys = ["backends", "balance", "connect_timeout", "idle_timeout", "retries", "slow_start", "queue",
+                           "discovery"] + resilienceKeys
     static let backendKeys = ["address", "weight", "backup", "priority", "max_connections", "state"]
     static let queueKeys = ["size", "timeout"]
 
@@ -90,6 +90,7 @@ public enum ConfigLoader {
         if let node = top["admin"] {
             config.admin = buildAdmin(node, listeners: listeners, &r)
         }
+        if let node = top["dns"] { config.dns = buildDNS(node, &r) }
         return config
     }
 
@@ -214,14 +215,17 @@ public enum ConfigLoader {
             }
         }
 
+        let discovery = f["discovery"].map { buildDiscovery($0, f.path("discovery"), &r) } ?? FulcrumConfig.Discovery()
         var backends: [FulcrumConfig.Backend] = []
+        var names: [FulcrumConfig.NamedBackend] = []
         if let node = f["backends"] {
-            backends = buildBackends(node, f.path("backends"), &r)
-        } else {
+            (backends, names) = buildBackends(node, f.path("backends"), emptyAllowed: discovery.source != nil, &r)
+        } else if discovery.source == nil {
             r.report(f.node, f.path("backends"), "missing required key 'backends'",
-                     hint: "list at least one backend, e.g. '- address: 127.0.0.1:6379'")
+                     hint: "list at least one backend, e.g. '- address: 127.0.0.1:6379', or name a discovery source")
         }
-        if case .first = balance, !backends.isEmpty, backends.allSatisfy({ $0.maxConnections == nil }) {
+        if case .first = balance, !backends.isEmpty || !names.isEmpty,
+           backends.allSatisfy({ $0.maxConnections == nil }), names.allSatisfy({ $0.maxConnections == nil }) {
             r.report(f["balance"], f.path("balance"), "strategy 'first' needs max_connections on the backends",
                      hint: "without a limit every connection goes to the first backend; set max_connections on each")
         }
@@ -231,19 +235,26 @@ public enum ConfigLoader {
                      + "\(connectTimeout.configText), so no hedge would ever start",
                      hint: "use a hedge_after below connect_timeout, e.g. 50ms, or remove it")
         }
-        return FulcrumConfig.Pool(name: name, backends: backends, balance: balance, connectTimeout: connectTimeout,
-                                  idleTimeout: idleTimeout, retries: retries, slowStart: slowStart, queue: queue,
-                                  resilience: resilience)
+        var pool = FulcrumConfig.Pool(name: name, backends: backends, balance: balance, connectTimeout: connectTimeout,
+                                      idleTimeout: idleTimeout, retries: retries, slowStart: slowStart, queue: queue,
+                                      resilience: resilience)
+        pool.names = names
+        pool.discovery = discovery
+        return pool
     }
 
-    private static func buildBackends(_ node: Node, _ path: String, _ r: inout YAMLReader) -> [FulcrumConfig.Backend] {
-        guard let items = r.sequence(node, path, of: "backends") else { return [] }
-        if items.isEmpty {
+    /// The static backends (IP literals) and the host-name entries, each resolved later to its addresses.
+    private static func buildBackends(_ node: Node, _ path: String, emptyAllowed: Bool,
+                                      _ r: inout YAMLReader) -> ([FulcrumConfig.Backend], [FulcrumConfig.NamedBackend]) {
+        guard let items = r.sequence(node, path, of: "backends") else { return ([], []) }
+        if items.isEmpty && !emptyAllowed {
             r.report(node, path, "the pool has zero backends",
-                     hint: "list at least one backend, e.g. '- address: 127.0.0.1:6379'")
+                     hint: "list at least one backend, e.g. '- address: 127.0.0.1:6379', or name a discovery source")
         }
         var backends: [FulcrumConfig.Backend] = []
+        var names: [FulcrumConfig.NamedBackend] = []
         var seen: [SocketAddress: Int] = [:]
+        var namesSeen: [String: Int] = [:]
         for (index, item) in items.enumerated() {
             let itemPath = "\(path)[\(index)]"
             let fields: Fields?
@@ -261,7 +272,20 @@ public enum ConfigLoader {
                 fields = r.fields(item, itemPath, known: backendKeys)
             }
             guard let f = fields else { continue }
-            let address = required(f, "address", &r) { r, n in r.address(n, f.path("address"), allowPortZero: false) }
+            var named: (host: String, port: UInt16)?
+            let address = required(f, "address", &r) { r, n -> SocketAddress? in
+                if case .scalar(let scalar) = n, case .failure(.hostname(let host)) = ConfigValue.address(scalar.string) {
+                    guard isHostName(host), let port = scalar.string.split(separator: ":").last.flatMap({ UInt16($0) }),
+                          port != 0 else {
+                        r.report(n, f.path("address"), "'\(scalar.string)' is not a host name and port",
+                                 hint: "use a DNS name and port, e.g. redis.internal:6379, or \(ConfigValue.addressHint)")
+                        return nil
+                    }
+                    named = (host, port)
+                    return nil
+                }
+                return r.address(n, f.path("address"), allowPortZero: false)
+            }
             let weight = f["weight"].flatMap {
                 r.integer($0, f.path("weight"), in: ConfigLimits.weight,
                           note: "to take a backend out of rotation, set state: disabled or drain, or remove it")
@@ -285,6 +309,17 @@ public enum ConfigLoader {
                     r.report(node, f.path("state"), "'\(text)' is not a backend state", hint: "use enabled, drain or disabled")
                 }
             }
+            if let named {
+                let entry = FulcrumConfig.NamedBackend(host: named.host, port: named.port, weight: weight, priority: priority,
+                                                       maxConnections: maxConnections, state: state)
+                if let line = namesSeen[entry.name] {
+                    r.report(f["address"], f.path("address"), "backend \(entry.name) is already listed on line \(line)",
+                             hint: "list each host name once; use weight to give it more traffic")
+                } else {
+                    namesSeen[entry.name] = f["address"]?.mark?.line ?? 0
+                    names.append(entry)
+                }
+            }
             if let address {
                 if let line = seen[address] {
                     r.report(f["address"], f.path("address"), "backend \(address) is already listed on line \(line)",
@@ -296,7 +331,7 @@ public enum ConfigLoader {
                 }
             }
         }
-        return backends
+        return (backends, names)
     }
 
     /// `balance: NAME` or `balance: {strategy: NAME, option: value, ...}`.

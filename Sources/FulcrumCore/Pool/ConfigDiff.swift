@@ -222,6 +222,8 @@ public struct ConfigDiff: Equatable, Sendable {
             ("on_backend_down", r.onBackendDown != s.onBackendDown),
             ("hedge_after", r.hedgeAfter != s.hedgeAfter),
             ("removed_backend_timeout", r.removedBackendTimeout != s.removedBackendTimeout),
+            ("backends (host names)", a.names != b.names),
+            ("discovery", a.discovery != b.discovery),
         ]
         return differs.filter(\.1).map(\.0)
     }
