@@ -107,9 +107,13 @@ public struct LiveBackend: Equatable, Sendable {
     /// (with its counters, health and breaker state).
     public let slot: Int
     public let id: BackendID
-    /// The values its source (the file, later a discovery source) gives it.
+    /// The values its source gives it: the file's when the file lists it, else the first discovery
+    /// source's (by name) that lists it.
     public var base: FulcrumConfig.Backend
     public var baseSource: ValueSource
+    /// Who lists it and with which values: `LivePool.fileListing`, or a discovery source's name. A backend
+    /// stays listed while anyone lists it.
+    public internal(set) var listings: [String: FulcrumConfig.Backend] = [:]
     public var overrides = BackendOverrides()
     /// Listed by its source. A backend no longer listed takes no new connections; its open connections
     /// run until they end.
@@ -207,6 +211,9 @@ public struct LivePool: Sendable {
     /// Events kept per backend.
     public static let eventCapacity = 64
 
+    /// The listing name of the configuration file.
+    public static let fileListing = "file"
+
     public init(index: Int, pool: FulcrumConfig.Pool, workers: Int, source: ValueSource = .file) {
         self.index = index
         name = pool.name
@@ -224,16 +231,23 @@ public struct LivePool: Sendable {
 
     // MARK: - Operations
 
-    /// Lists a backend. A new address takes the next slot; one seen before takes its old slot back, with
-    /// its base values replaced and its overrides kept. A backend removed while its connections still
-    /// drain is the same backend when it comes back (its health carries on); one whose connections had all
-    /// ended (`gone` says so for a slot) starts over as a new incarnation. Returns the slot, or nil when the
-    /// pool has used every slot it can have.
+    /// Lists a backend on behalf of the file (`.file`) or of discovery. See `list(_:by:gone:)`.
     public mutating func add(_ backend: FulcrumConfig.Backend, source: ValueSource,
                              gone: (Int) -> Bool = { _ in false }) -> Int? {
+        list(backend, by: source == .file ? Self.fileListing : source.rawValue, gone: gone)
+    }
+
+    /// Lists a backend on behalf of `listing` (the file, or a discovery source by name). A new address
+    /// takes the next slot; one seen before takes its old slot back, with its base values replaced and its
+    /// overrides kept. A backend removed while its connections still drain is the same backend when it
+    /// comes back (its health carries on); one whose connections had all ended (`gone` says so for a slot)
+    /// starts over as a new incarnation. Returns the slot, or nil when the pool has used every slot it can
+    /// have.
+    public mutating func list(_ backend: FulcrumConfig.Backend, by listing: String,
+                              gone: (Int) -> Bool = { _ in false }) -> Int? {
         if let slot = slotByAddress[backend.address] {
-            backends[slot].base = backend
-            backends[slot].baseSource = source
+            backends[slot].listings[listing] = backend
+            rebase(slot)
             if !backends[slot].listed {
                 backends[slot].listed = true
                 order.append(slot)
@@ -248,18 +262,50 @@ public struct LivePool: Sendable {
         }
         guard backends.count < Self.maxSlots else { return nil }
         let slot = backends.count
-        backends.append(LiveBackend(slot: slot, id: BackendID(pool: name, address: backend.address), base: backend,
-                                    source: source, workers: workers))
+        var live = LiveBackend(slot: slot, id: BackendID(pool: name, address: backend.address), base: backend,
+                               source: listing == Self.fileListing ? .file : .discovery, workers: workers)
+        live.listings[listing] = backend
+        backends.append(live)
         slotByAddress[backend.address] = slot
         order.append(slot)
         return slot
     }
 
-    /// Stops listing a backend: no new connections; its open connections run until they end. Its slot and
-    /// state stay, in case it comes back. False if it was not listed.
+    /// `listing` no longer lists the backend. It stays listed while another listing has it (taking that
+    /// one's values); otherwise it takes no new connections and its open connections run until they end.
+    /// Its slot and state stay, in case it comes back. True when it is no longer listed at all.
+    @discardableResult
+    public mutating func unlist(_ address: SocketAddress, by listing: String) -> Bool {
+        guard let slot = slotByAddress[address], backends[slot].listings.removeValue(forKey: listing) != nil else {
+            return false
+        }
+        if backends[slot].listings.isEmpty {
+            backends[slot].listed = false
+            order.removeAll { $0 == slot }
+            return true
+        }
+        rebase(slot)
+        return false
+    }
+
+    /// The base values are the file's when the file lists the backend, else the first discovery listing's.
+    private mutating func rebase(_ slot: Int) {
+        let listings = backends[slot].listings
+        if let file = listings[Self.fileListing] {
+            backends[slot].base = file
+            backends[slot].baseSource = .file
+        } else if let first = listings.keys.min() {
+            backends[slot].base = listings[first]!
+            backends[slot].baseSource = .discovery
+        }
+    }
+
+    /// Stops listing a backend for everyone: no new connections; its open connections run until they end.
+    /// Its slot and state stay, in case it comes back. False if it was not listed.
     @discardableResult
     public mutating func remove(_ address: SocketAddress) -> Bool {
         guard let slot = slotByAddress[address], backends[slot].listed else { return false }
+        backends[slot].listings = [:]
         backends[slot].listed = false
         order.removeAll { $0 == slot }
         return true
@@ -295,20 +341,25 @@ public struct LivePool: Sendable {
         replaceSettings(pool)
         // Linear in the pool's size: a file that replaces thousands of backends must not stall the main loop.
         let addresses = Set(pool.backends.map(\.address))
-        for slot in order where backends[slot].baseSource == .file && !addresses.contains(backends[slot].id.address) {
-            backends[slot].listed = false
+        for slot in order where backends[slot].listings[Self.fileListing] != nil
+            && !addresses.contains(backends[slot].id.address) {
+            backends[slot].listings[Self.fileListing] = nil
+            if backends[slot].listings.isEmpty { backends[slot].listed = false } else { rebase(slot) }
         }
         order.removeAll { !backends[$0].listed }
         var failed: [SocketAddress] = []
         var fileOrder: [Int] = []
         for backend in pool.backends {
-            if let slot = add(backend, source: .file, gone: gone) { fileOrder.append(slot) } else { failed.append(backend.address) }
+            if let slot = list(backend, by: Self.fileListing, gone: gone) { fileOrder.append(slot) } else { failed.append(backend.address) }
         }
         // Backends listed by another source keep their place after the file's.
         let inFile = Set(fileOrder)
         order = fileOrder + order.filter { !inFile.contains($0) }
         return failed
     }
+
+    /// How many listed backends only discovery lists (what `max_backends` caps).
+    public var discoveredCount: Int { order.count { backends[$0].listings[Self.fileListing] == nil } }
 
     // MARK: - Reports
 
