@@ -227,6 +227,22 @@ public final class Engine {
         checker = health
         state.health = health
         state.start()
+        defer { state.discovery.stop() }
+
+        // Discovered pools learn their backends before any worker starts, so the first clients find them
+        // (and the first checks probe them); a registry that does not answer holds the start no longer
+        // than the first checks may.
+        if !state.discovery.isEmpty {
+            var discovered = false
+            state.discovery.whenFirstRoundDone {
+                discovered = true
+                if phase == .starting { base.exit() }
+            }
+            let longest = Timer(base: base) { if phase == .starting { base.exit() } }
+            longest.schedule(after: Engine.firstChecksWaitMicroseconds)
+            if !discovered { base.run() }
+            longest.cancel()
+        }
 
         // The first round of active checks runs before any worker starts, so that the first clients find
         // the backends that passed already up (each probe is bounded by its check's timeout). Clients that

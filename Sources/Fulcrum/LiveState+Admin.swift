@@ -111,6 +111,25 @@ extension LiveState {
                 "local_error": .int(counts[.refusedLocalError]),
             ]),
             "backends": .array(shown.map { backendJSON(index, $0, monotonic: monotonic, wall: wall) }),
+            "discovery": .array(discovery.entries.filter { $0.spec.pool == pool.name }.map(discoveryJSON)),
+            "max_backends": pool.settings.isDiscovered ? .int(pool.settings.discovery.maxBackends) : .null,
+        ])
+    }
+
+    /// One discovery source of a pool: whether it answers, what it lists, and what it held back or ignored.
+    private func discoveryJSON(_ entry: DiscoveryRunner.Entry) -> JSON {
+        func time(_ at: Int64?) -> JSON { at.map { .string(Self.iso8601($0)) } ?? .null }
+        let r = entry.reconciler
+        let state = entry.staleSince != nil ? "stale" : entry.lastSuccess == nil ? "starting" : "ok"
+        return .object([
+            "source": .string(entry.spec.listing), "kind": .string(entry.spec.kindName),
+            "state": .string(state), "since": time(entry.staleSince ?? entry.lastSuccess),
+            "error": .optional(entry.lastError), "last_success": time(entry.lastSuccess),
+            "last_update": .optional(entry.lastDetail),
+            "backends": .int(r.listed.count), "ignored_records": .int(r.ignored),
+            "invalid_records": .object(r.invalid.sorted { $0.key < $1.key }.map { JSON.Member($0.key, .string($0.value)) }),
+            "removal_held": .int(r.held.count),
+            "updates": .int(entry.updates), "errors": .int(entry.errors),
         ])
     }
 
@@ -131,6 +150,7 @@ extension LiveState {
         return .object([
             "address": .string("\(backend.id.address)"),
             "listed": .bool(backend.listed),
+            "listed_by": .array(backend.listings.keys.sorted().map(JSON.string)),
             "up": .bool(backendIsUp(pool: pool, slot: backend.slot)),
             "weight": .object([
                 "value": .int(effective.weight), "source": .string(backend.source(of: "weight").rawValue),

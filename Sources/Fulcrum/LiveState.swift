@@ -53,6 +53,8 @@ final class LiveState {
     weak var health: HealthChecker?
     /// Told the configuration a reload committed, for what the engine owns (the admin API).
     var onReloaded: ((FulcrumConfig) -> Void)?
+    /// The discovery sources of every pool (host names, SRV, etcd).
+    private(set) lazy var discovery = DiscoveryRunner(state: self, base: base, logger: logger)
 
     struct BoundListener {
         var config: FulcrumConfig.Listener
@@ -146,6 +148,13 @@ final class LiveState {
         for pool in config.pools { addPool(pool) }
         for pool in pools { health?.update(pool) }
         post(to: Array(0..<workers), drainTimeout: nil)
+        discovery.sync(config)
+    }
+
+    /// A discovery source changed a pool: the workers get its new snapshot, the checker its targets.
+    func discoveryChanged(pool: Int) {
+        post(to: Array(0..<workers), drainTimeout: nil)
+        health?.update(pools[pool])
     }
 
     private func addPool(_ pool: FulcrumConfig.Pool) {
@@ -260,6 +269,7 @@ final class LiveState {
             ServiceNotify.reloaded(logger: logger)
         }
         for pool in pools { health?.update(pool) }
+        discovery.sync(target)
         for index in warming {
             health?.whenChecked(pool: index) { [weak self] in self?.release(pool: index) }
         }

@@ -65,7 +65,37 @@ extension LiveState {
         writeListeners(&text)
         writePools(&text)
         writeBackends(&text)
+        writeDiscovery(&text)
         return text.output
+    }
+
+    /// One series per discovery source, labelled by pool and source (`dns redis.internal:6379`, …).
+    private func writeDiscovery(_ text: inout PrometheusText) {
+        let entries = discovery.entries
+        guard !entries.isEmpty else { return }
+        func labels(_ entry: DiscoveryRunner.Entry) -> [(String, String)] {
+            [("pool", entry.spec.pool), ("source", entry.spec.listing), ("kind", entry.spec.kindName)]
+        }
+        let families: [(String, PrometheusText.Kind, String, (DiscoveryRunner.Entry) -> Double)] = [
+            ("fulcrum_discovery_backends", .gauge, "Backends the source lists on its pool now.",
+             { Double($0.reconciler.listed.count) }),
+            ("fulcrum_discovery_stale", .gauge, "1 while the source fails and its pool keeps the last known set.",
+             { $0.staleSince == nil ? 0 : 1 }),
+            ("fulcrum_discovery_updates_total", .counter, "Answers the source gave (complete reads and watch events).",
+             { Double($0.updates) }),
+            ("fulcrum_discovery_errors_total", .counter, "Failed reads of the source (unreachable, timeout, NXDOMAIN, …).",
+             { Double($0.errors) }),
+            ("fulcrum_discovery_ignored_records", .gauge, "Records the source lists beyond the pool's max_backends.",
+             { Double($0.reconciler.ignored) }),
+            ("fulcrum_discovery_removal_held", .gauge, "Backends a read would remove all at once, held until a second read confirms it.",
+             { Double($0.reconciler.held.count) }),
+            ("fulcrum_discovery_last_success_timestamp_seconds", .gauge, "When the source last answered, seconds since the Unix epoch (0: never).",
+             { Double($0.lastSuccess ?? 0) / 1e6 }),
+        ]
+        for (name, kind, help, value) in families {
+            text.family(name, kind, help: help)
+            for entry in entries { text.sample(name, labels(entry), value(entry)) }
+        }
     }
 
     private func writeListeners(_ text: inout PrometheusText) {

@@ -86,6 +86,7 @@ public struct BackendEvent: Equatable, Sendable {
         case breaker
         case `operator`
         case config
+        case discovery
     }
 
     /// Wall-clock time, microseconds since the Unix epoch (for people; nothing is timed by it).
