@@ -84,6 +84,8 @@ table.listeners { width: auto; min-width: 50%; }
 #token-form { display: none; margin: 0 0 12px; padding: 10px 12px; border-radius: 6px; background: var(--half-bg); }
 #token-form input { width: 260px; cursor: text; }
 .empty { padding: 10px 14px; color: var(--muted); }
+.sources .source { padding: 2px 14px; font-size: 13px; color: var(--muted); }
+.sources .s-up { color: var(--up); } .sources .s-down { color: var(--down); font-weight: 600; }
 .hide-bytes .c-bytes, .hide-latency .c-latency, .hide-failures .c-failures { display: none; }
 </style>
 </head>
@@ -419,13 +421,13 @@ table.listeners { width: auto; min-width: 50%; }
     let s = sections.get(name);
     if (s) return s;
     s = { title: el("h2"), sub: el("span", { class: "sub" }), counts: el("span", { class: "counts" }), tbody: el("tbody"),
-          empty: el("div", { class: "empty" }, "no backends") };
+          empty: el("div", { class: "empty" }, "no backends"), sources: el("div", { class: "sources" }) };
     s.title.append("Pool ", el("span", null, name), s.sub, s.counts);
     s.table = el("table", null, el("thead", null, el("tr", null,
       el("th", null, "State"), el("th", null, "Backend"), el("th", null, "Weight"), el("th", null, "Connections"),
       el("th", { class: "c-bytes" }, "Throughput"), el("th", { class: "c-latency" }, "Latency p50 / p90 / p99"),
       el("th", { class: "c-failures" }, "Failures"), el("th", null, "Health"), el("th", null, "Actions"))), s.tbody);
-    s.section = el("section", { class: "pool", "data-pool": name }, s.title, s.table, s.empty);
+    s.section = el("section", { class: "pool", "data-pool": name }, s.title, s.sources, s.table, s.empty);
     sections.set(name, s);
     return s;
   }
@@ -466,6 +468,16 @@ table.listeners { width: auto; min-width: 50%; }
       count(pool.connections_active) + " open", "queue " + count(pool.queue_length)];
     for (const key of ["retries", "replays", "hedges"]) if (num(pool[key]) !== null) poolFacts.push(key + " " + count(pool[key]));
     s.sub.textContent = poolFacts.join(" · ");
+    const sources = Array.isArray(pool.discovery) ? pool.discovery : [];
+    s.sources.replaceChildren(...sources.map((d) => {
+      let text = "discovered by " + d.source + ": " + d.state + (d.since ? " for " + ago(d.since) : "") + " · "
+        + count(d.backends) + " backend(s)";
+      if (d.error) text += " · " + d.error + " (keeping the last known set)";
+      if (d.last_update) text += " · " + d.last_update;
+      if (num(d.removal_held) > 0) text += " · removal of " + d.removal_held + " held for confirmation";
+      if (num(d.ignored_records) > 0) text += " · " + d.ignored_records + " beyond max_backends ignored";
+      return el("div", { class: "source s-" + (d.state === "ok" ? "up" : d.state === "stale" ? "down" : "unknown") }, text);
+    }));
     s.counts.replaceChildren(...Object.keys(LABELS).filter((k) => tally[k]).map((k) => el("span", { class: "s-" + k }, tally[k] + " " + LABELS[k])));
 
     const wanted = [];

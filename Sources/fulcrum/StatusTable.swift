@@ -42,7 +42,8 @@ struct StatusTable {
         if let open = pool["connections_active"]?.intValue { facts.append("\(open) open") }
         if let queue = pool["queue_length"]?.intValue { facts.append("queue \(queue)") }
         for key in ["retries", "replays", "hedges"] { if let n = pool[key]?.intValue { facts.append("\(key) \(n)") } }
-        let out = "pool \(pool["name"]?.stringValue ?? "?"): \(facts.joined(separator: ", "))\n"
+        var out = "pool \(pool["name"]?.stringValue ?? "?"): \(facts.joined(separator: ", "))\n"
+        for source in pool["discovery"]?.arrayValue ?? [] { out += "  " + discoveryText(source) + "\n" }
         guard !backends.isEmpty else { return out + "  (no backends)\n" }
 
         let hasTotal = backends.contains { $0["connections"]?["total"]?.intValue != nil }
@@ -73,6 +74,20 @@ struct StatusTable {
             return row
         }
         return out + table(header: header, rows: rows, indent: "  ")
+    }
+
+    /// `discovered by etcd /fulcrum/pools/redis/: ok for 3m, 2 backends (revision 41)`, colored when stale.
+    private func discoveryText(_ d: JSON) -> String {
+        let state = d["state"]?.stringValue ?? "?"
+        var text = "discovered by \(d["source"]?.stringValue ?? "?"): \(state)\(since(d["since"]))"
+        if let error = d["error"]?.stringValue { text += " (\(error); keeping the last known set)" }
+        text += ", \(d["backends"]?.intValue ?? 0) backend(s)"
+        if let detail = d["last_update"]?.stringValue, !detail.isEmpty { text += " (\(detail))" }
+        if let held = d["removal_held"]?.intValue, held > 0 { text += ", removal of \(held) held for confirmation" }
+        if let ignored = d["ignored_records"]?.intValue, ignored > 0 { text += ", \(ignored) beyond max_backends ignored" }
+        guard color else { return text }
+        let code = state == "stale" ? Self.red : state == "ok" ? Self.green : Self.yellow
+        return "\u{1B}[\(code)m\(text)\u{1B}[0m"
     }
 
     private func checkCell(_ b: JSON) -> Cell {
