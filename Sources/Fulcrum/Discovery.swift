@@ -86,6 +86,7 @@ final class DiscoveryRunner {
     unowned let state: LiveState
     /// Called once every source has reported at least once (for the start, which waits for it).
     private var firstRoundDone: (() -> Void)?
+    private var poolWaiters: [(pool: String, done: () -> Void)] = []
 
     init(state: LiveState, base: EventBase, logger: Logger) {
         self.state = state
@@ -137,7 +138,14 @@ final class DiscoveryRunner {
         if entries.allSatisfy(\.reported) { done() } else { firstRoundDone = done }
     }
 
+    /// Calls `done` once every source of `pool` has answered or failed at least once (at once if it has
+    /// none, or they all have).
+    func whenAnswered(pool: String, _ done: @escaping () -> Void) {
+        if entries.allSatisfy({ $0.spec.pool != pool || $0.reported }) { done() } else { poolWaiters.append((pool, done)) }
+    }
+
     func stop() {
+        poolWaiters = []
         for entry in entries {
             entry.source?.stop()
             entry.source = nil
@@ -203,6 +211,12 @@ final class DiscoveryRunner {
             if entries.allSatisfy(\.reported), let done = firstRoundDone {
                 firstRoundDone = nil
                 done()
+            }
+            let pool = entry.spec.pool
+            if entries.allSatisfy({ $0.spec.pool != pool || $0.reported }) {
+                let ready = poolWaiters.filter { $0.pool == pool }
+                poolWaiters.removeAll { $0.pool == pool }
+                for waiter in ready { waiter.done() }
             }
         }
     }

@@ -249,8 +249,9 @@ final class LiveState {
         for change in applying { logger.info("reload: \(change)") }
         recordConfigEvents(applying)
         // A pool added with active checks takes clients once its backends have had their first checks.
+        // So does a pool added with discovery sources, once they have answered (or failed).
         let warming = (poolCountBefore..<pools.count).filter {
-            pools[$0].settings.resilience.health != nil && !pools[$0].listed.isEmpty
+            pools[$0].settings.resilience.health != nil && !pools[$0].listed.isEmpty || pools[$0].settings.isDiscovered
         }
         for listener in target.listeners {
             guard let index = poolIndex(listener.pool), warming.contains(index) else { continue }
@@ -271,7 +272,9 @@ final class LiveState {
         for pool in pools { health?.update(pool) }
         discovery.sync(target)
         for index in warming {
-            health?.whenChecked(pool: index) { [weak self] in self?.release(pool: index) }
+            discovery.whenAnswered(pool: pools[index].name) { [weak self] in
+                self?.health?.whenChecked(pool: index) { [weak self] in self?.release(pool: index) }
+            }
         }
         if !held.isEmpty {
             if holdTimer == nil {
