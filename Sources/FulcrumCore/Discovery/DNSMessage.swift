@@ -84,6 +84,12 @@ public struct DNSMessage: Equatable, Sendable {
         public var name: String
         public var type: RecordType
         public var recordClass: UInt16
+
+        public init(name: String, type: RecordType, recordClass: UInt16 = DNSMessage.classIN) {
+            self.name = name
+            self.type = type
+            self.recordClass = recordClass
+        }
     }
 
     /// An SRV record's data (RFC 2782).
@@ -121,6 +127,14 @@ public struct DNSMessage: Equatable, Sendable {
         /// As sent; see `ttlSeconds`.
         public var ttl: UInt32
         public var data: RecordData
+
+        public init(name: String, type: RecordType, recordClass: UInt16 = DNSMessage.classIN, ttl: UInt32, data: RecordData) {
+            self.name = name
+            self.type = type
+            self.recordClass = recordClass
+            self.ttl = ttl
+            self.data = data
+        }
 
         /// The TTL in seconds; a value with the top bit set counts as 0 (RFC 2181 section 8).
         public var ttlSeconds: Int { ttl > UInt32(Int32.max) ? 0 : Int(ttl) }
