@@ -107,6 +107,19 @@ public final class DNSResolver {
 
     deinit { close() }
 
+    /// Where evdns's own messages go (a name server marked down or back up, an address it cannot parse).
+    /// evdns has one log for the whole process, so this is process-wide; with none (the default) libevent
+    /// writes them to stderr. Set it on the thread that runs the resolvers.
+    public static func setLogHandler(_ handler: ((_ isWarning: Bool, _ message: String) -> Void)?) {
+        logHandler = handler
+        evdns_set_log_fn(handler == nil ? nil : { isWarning, message in
+            guard let message else { return }
+            DNSResolver.logHandler?(isWarning != 0, String(cString: message))
+        })
+    }
+
+    nonisolated(unsafe) private static var logHandler: ((Bool, String) -> Void)?
+
     /// Looks up the IPv4 addresses of `name`.
     @discardableResult
     public func resolveIPv4(_ name: String, completion: @escaping Completion) -> DNSLookup {

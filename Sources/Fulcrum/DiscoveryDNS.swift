@@ -53,6 +53,9 @@ final class DNSService {
         }
         tries = max(2, min(servers.count, 3))
         tryTimeout = settings.timeout / tries
+        DNSResolver.setLogHandler { [logger] isWarning, message in
+            if isWarning { logger.warning("dns: \(message)") } else { logger.info("dns: \(message)") }
+        }
         do {
             let resolver = try DNSResolver(base: base, servers: settings.servers.map(\.description), resolvConf: resolvConf,
                                            timeout: tryTimeout, attempts: tries)

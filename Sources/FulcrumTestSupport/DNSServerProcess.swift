@@ -83,15 +83,12 @@ public final class DNSServerProcess: @unchecked Sendable {
     /// Starts it again after `stop()`, on the same port, with the records it had.
     public func start() throws { try start(samePort: true) }
 
-    /// SIGTERM, then SIGKILL if it has not ended within 5 s; waits until it is gone.
+    /// Kills it (SIGKILL: it has nothing to save, and a test runner may start children with SIGTERM
+    /// blocked, which dnsmasq keeps) and waits until it is gone.
     public func stop() {
         guard let process, process.isRunning else { return }
-        kill(process.processIdentifier, SIGTERM)
+        kill(process.processIdentifier, SIGKILL)
         waitBriefly(process)
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            waitBriefly(process)
-        }
     }
 
     // MARK: - Starting
