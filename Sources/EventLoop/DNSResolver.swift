@@ -9,8 +9,9 @@ import Glibc
 /// - `localhost` is 127.0.0.1 (and ::1) without a query; so is an IP literal of the asked family.
 /// - A query is sent up to `attempts` times, each try waiting `timeout`; evdns moves a retry to the next
 ///   name server, and retries a server failure (SERVFAIL) as it would a timeout.
-/// - evdns reads at most 32 addresses of a name, and has no TCP: a name whose answer does not fit in one
-///   UDP datagram (about 30 IPv4 addresses without EDNS) fails as `.other("...truncated...")`.
+/// - evdns 2.1 asks without EDNS(0) and has no TCP: an answer that does not fit in 512 bytes (about 30
+///   IPv4 or 17 IPv6 addresses) comes truncated and fails as `.other("reply truncated or ill-formed")`;
+///   and it keeps at most 32 addresses of an answer.
 /// - A cancelled lookup, and every lookup still pending when the resolver is closed, never completes.
 ///   evdns still calls back once for each (with "cancelled" or "shut down"), possibly after `close()`, so
 ///   each lookup keeps one retain for C until then; only an event base freed before that callback leaks it.

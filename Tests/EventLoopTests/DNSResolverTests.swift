@@ -115,6 +115,20 @@ struct DNSResolverTests {
         #expect(Self.lookUp(resolver, loop, "web.fulcrum.test") == .failure(.timeout))
     }
 
+    @Test func anAnswerTooLargeForUDPFailsAsTruncated() throws {
+        let many = (1...40).map { (address: "10.0.1.\($0)", name: "many.fulcrum.test") }
+        let dns = try DNSServerProcess(hosts: many + [("10.0.2.1", "some.fulcrum.test")] + (1...25).map { ("10.0.3.\($0)", "some.fulcrum.test") })
+        let loop = LoopDriver()
+        let resolver = try DNSResolver(base: loop.base, servers: [dns.address], timeout: .milliseconds(300), attempts: 2)
+        // evdns asks without EDNS(0) and has no TCP: 40 addresses do not fit in 512 bytes.
+        guard case .failure(.other(let why)) = Self.lookUp(resolver, loop, "many.fulcrum.test") else {
+            Issue.record("40 addresses should not fit")
+            return
+        }
+        #expect(why.contains("truncated"))
+        #expect(try Self.lookUp(resolver, loop, "some.fulcrum.test")?.get().addresses.count == 26)
+    }
+
     @Test func localhostAndLiteralsNeedNoQuery() throws {
         let silent = try SilentPort()
         let loop = LoopDriver()

@@ -183,8 +183,13 @@ import Testing
             nameserver not-an-address
             options ndots:5
             nameserver 10.0.0.3
+            nameserver 127.0.0.1:5353
+            nameserver [::1]:5300
+            nameserver localhost:53
+            nameserver 10.0.0.4:0
             """
-        #expect(ResolvConf.nameServers(in: text).map(\.description) == ["10.0.0.2:53", "[2001:db8::53]:53", "10.0.0.3:53"])
+        #expect(ResolvConf.nameServers(in: text).map(\.description)
+                    == ["10.0.0.2:53", "[2001:db8::53]:53", "10.0.0.3:53", "127.0.0.1:5353", "[::1]:5300"])
         #expect(ResolvConf.nameServers(in: "").isEmpty)
     }
 

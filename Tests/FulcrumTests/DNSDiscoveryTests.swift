@@ -197,6 +197,33 @@ extension Integration {
             bothSource.stop()
         }
 
+        @Test func withoutServersTheResolvConfServersAnswerBothSources() throws {
+            let dns = try DNSServerProcess(hosts: [("127.0.0.81", "t1.fulcrum.test")],
+                                           srv: [.init("_web._tcp.fulcrum.test", target: "t1.fulcrum.test", port: 8080)])
+            let directory = try TemporaryDirectory()
+            let path = try directory.write("resolv.conf", "search fulcrum.test\nnameserver \(dns.address)\n")
+            let h = DiscoveryHarness()
+            var settings = h.settings(dns)
+            settings.servers = []
+            let service = DNSService(base: h.base, settings: settings, logger: h.logger, resolvConf: path)
+            #expect(service.servers == [dns.socketAddress] && service.serversSource == path)
+            let srv = SRVSource(service: service, name: "_web._tcp.fulcrum.test", settings: settings, logger: h.logger, report: h.sink)
+            srv.start()
+            #expect(DiscoveryHarness.keys(h.next()) == ["127.0.0.81:8080"])
+            srv.stop()
+            let name = DNSNameSource(service: service, name: .init(host: "t1.fulcrum.test", port: 80), settings: settings,
+                                     logger: h.logger, report: h.sink)
+            name.start()
+            #expect(DiscoveryHarness.keys(h.next()) == ["127.0.0.81:80"])
+            name.stop()
+            // The search domain is not applied: "t1" is asked as it is (and dnsmasq refuses it).
+            let bare = DNSNameSource(service: service, name: .init(host: "t1", port: 80), settings: settings, logger: h.logger,
+                                     report: h.sink)
+            bare.start()
+            #expect(h.next() == .failed("t1: server failure: refused", retryIn: .seconds(1)))
+            bare.stop()
+        }
+
         @Test func srvFollowsARestartWithOtherRecords() throws {
             let hosts = [("127.0.0.61", "t1.fulcrum.test"), ("127.0.0.62", "t2.fulcrum.test")]
             let dns = try DNSServerProcess(hosts: hosts, srv: [.init("_pg._tcp.fulcrum.test", target: "t1.fulcrum.test", port: 5432)])

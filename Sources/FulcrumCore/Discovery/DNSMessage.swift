@@ -387,11 +387,13 @@ extension DNSMessage {
 
 // MARK: - resolv.conf
 
-/// The name servers of a resolv.conf, as the C library reads them.
+/// The name servers of a resolv.conf.
 public enum ResolvConf {
-    /// The addresses of the `nameserver` lines, in order, on port 53. Comments (`#`, `;`) and every other
-    /// line are ignored, as is an IPv6 address with a zone (`fe80::1%eth0`), which a socket address here
-    /// cannot carry. Empty when there are none: the caller then asks 127.0.0.1, as the C library does.
+    /// The addresses of the `nameserver` lines, in order: an IP address means port 53; `IP:port` and
+    /// `[IPv6]:port` (which evdns also reads there, though the C library does not) keep their port.
+    /// Comments (`#`, `;`) and every other line are ignored, as is an IPv6 address with a zone
+    /// (`fe80::1%eth0`), which a socket address here cannot carry. Empty when there are none: the caller
+    /// then asks 127.0.0.1, as the C library does.
     public static func nameServers(in text: String) -> [SocketAddress] {
         var servers: [SocketAddress] = []
         for line in text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {
@@ -402,6 +404,9 @@ public enum ResolvConf {
                 servers.append(.ipv4(v4, port: 53))
             } else if let v6 = ConfigValue.parseIPv6(address) {
                 servers.append(.ipv6(v6, port: 53))
+            } else if case .success(let withPort) = ConfigValue.address(address), withPort.port != 0,
+                      address.first == "[" || address.first?.isNumber == true {
+                servers.append(withPort)
             }
         }
         return servers
