@@ -13,11 +13,13 @@ import Logging
 
 /// The resolvers every DNS source of the process shares: the evdns resolver for addresses and the SRV
 /// client's name servers, both from `dns:` (or `/etc/resolv.conf` when `dns.servers` is empty). One per
-/// configuration; when `dns:` changes on reload, its sources are stopped and a new one replaces it
-/// (`close()` first stops its sources' queries for good: a source must not outlive its service).
+/// configuration; when `dns:` changes on reload, stop its sources, `close()` it, and start new sources on
+/// a new one: `close()` ends every query in progress without an answer, so a source left on a closed
+/// service would wait forever.
 ///
 /// A query goes to a name server and, without an answer within its share of `dns.timeout`, to the next:
 /// at least two tries (one server is asked twice), at most three, so a query takes at most `timeout`.
+/// evdns spreads its queries over the servers; the SRV client starts with the first each time.
 final class DNSService {
     let base: EventBase
     let settings: FulcrumConfig.DNS
