@@ -20,6 +20,7 @@
 #include <event2/listener.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/dns.h>
 #include <event2/util.h>
 
 // pthread_setname_np is a GNU extension that Glibc's Swift module leaves out.
