@@ -226,8 +226,13 @@ public final class Engine {
         }
         checker = health
         state.health = health
+        let sources = DiscoverySources(base: base, logger: logger)
+        state.discovery.factory = { spec, report in sources.make(spec, report: report) }
         state.start()
-        defer { state.discovery.stop() }
+        defer {
+            state.discovery.stop()
+            sources.close()
+        }
 
         // Discovered pools learn their backends before any worker starts, so the first clients find them
         // (and the first checks probe them); a registry that does not answer holds the start no longer

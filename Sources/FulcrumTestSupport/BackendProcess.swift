@@ -9,11 +9,15 @@ public final class BackendProcess: @unchecked Sendable {
     public let name: String
     public private(set) var port: UInt16 = 0
     public let mode: String
+    /// The loopback address it listens on (any of 127.0.0.0/8).
+    public let host: String
     private var process: Process?
 
-    public init(_ name: String, mode: String = "named", port: UInt16 = 0, file: StaticString = #filePath) throws {
+    public init(_ name: String, mode: String = "named", port: UInt16 = 0, host: String = "127.0.0.1",
+                file: StaticString = #filePath) throws {
         self.name = name
         self.mode = mode
+        self.host = host
         try start(port: port, file: file)
     }
 
@@ -31,7 +35,7 @@ public final class BackendProcess: @unchecked Sendable {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["python3", root.appendingPathComponent("Tests/Support/backend.py").path, name,
-                             String(requested ?? port), mode]
+                             String(requested ?? port), mode, host]
         let pipe = Pipe()
         process.standardOutput = pipe
         try process.run()

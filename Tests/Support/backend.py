@@ -18,10 +18,11 @@ import time
 name = sys.argv[1]
 port = int(sys.argv[2]) if len(sys.argv) > 2 else 0
 mode = sys.argv[3] if len(sys.argv) > 3 else "named"
+host = sys.argv[4] if len(sys.argv) > 4 else "127.0.0.1"
 
 server = socket.socket()
 server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind(("127.0.0.1", port))
+server.bind((host, port))
 server.listen(512)
 print("listening", server.getsockname()[1], flush=True)
 
