@@ -113,17 +113,9 @@ final class EtcdSource: DiscoverySource {
 
     private func requestClient() -> HTTPClient {
         if let client { return client }
-        let client = Self.client(base, settings.endpoints[endpoint])
+        let client = HTTPClient(base: base, address: settings.endpoints[endpoint])
         self.client = client
         return client
-    }
-
-    private static func client(_ base: EventBase, _ address: SocketAddress) -> HTTPClient {
-        switch address {
-        case .ipv4(let a, let port): return HTTPClient(base: base, host: "\(a.0).\(a.1).\(a.2).\(a.3)", port: port)
-        case .ipv6: return HTTPClient(base: base, host: String(address.description.dropFirst().prefix { $0 != "]" }),
-                                      port: address.port)
-        }
     }
 
     // MARK: - Reading the prefix
@@ -210,7 +202,7 @@ final class EtcdSource: DiscoverySource {
         let epoch = self.epoch
         closeWatch()
         stream = Etcd.WatchStream()
-        let client = Self.client(base, settings.endpoints[endpoint])
+        let client = HTTPClient(base: base, address: settings.endpoints[endpoint])
         watchClient = client
         let request = Etcd.watch(prefix: settings.prefix, startRevision: revision + 1)
         watchCall = client.stream(method: .post, path: request.path, body: request.body, timeout: timing.requestTimeout,
@@ -383,5 +375,17 @@ final class EtcdSource: DiscoverySource {
         guard !stopped, self.epoch == epoch else { return false }
         self.report(report)
         return !stopped && self.epoch == epoch
+    }
+}
+
+extension HTTPClient {
+    /// A client of etcd (or any HTTP server) at an IP address.
+    convenience init(base: EventBase, address: SocketAddress) {
+        switch address {
+        case .ipv4(let a, let port):
+            self.init(base: base, host: "\(a.0).\(a.1).\(a.2).\(a.3)", port: port)
+        case .ipv6:
+            self.init(base: base, host: String(address.description.dropFirst().prefix { $0 != "]" }), port: address.port)
+        }
     }
 }
