@@ -105,6 +105,8 @@ public final class HTTPCall {
     var body: [UInt8] = []
     var error: evhttp_request_error?
     var systemError: Int32 = 0
+    /// The connection was up while this call was in flight.
+    var connected = false
     var headersSeen = false
 
     init(core: HTTPConnection, kind: Kind, timeout: Duration, idleTimeout: Duration?) {
@@ -158,12 +160,21 @@ final class HTTPConnection {
             var day = timeval(tv_sec: 86_400, tv_usec: 0)
             evhttp_connection_set_timeout_tv(connection, &day)
             evhttp_connection_set_retries(connection, 0)
+            // Called only when an established connection closes (before the request's error callback): a
+            // failure without it never connected.
+            evhttp_connection_set_closecb(connection, { _, context in
+                let core = Unmanaged<HTTPConnection>.fromOpaque(context!).takeUnretainedValue()
+                for call in core.calls { call.connected = true }
+            }, Unmanaged.passUnretained(self).toOpaque())
         }
     }
 
     deinit {
         // Only reached once closed (the client closes it, and a scheduled cleanup holds it until it ran).
-        if let connection { evhttp_connection_free(connection) }
+        if let connection {
+            evhttp_connection_set_closecb(connection, nil, nil)
+            evhttp_connection_free(connection)
+        }
     }
 
     func close() {
@@ -177,7 +188,8 @@ final class HTTPConnection {
     // MARK: - Starting
 
     func start(_ call: HTTPCall, method: HTTPRequest.Method, path: String, body: [UInt8]) {
-        guard !closed, let connection else { return failSoon(call, .connection("the client is closed")) }
+        guard !closed else { return failSoon(call, .connection("the client is closed")) }
+        guard let connection else { return failSoon(call, .connection("cannot set up a connection to \(authority)")) }
         let context = Unmanaged.passUnretained(call).toOpaque()
         guard let request = evhttp_request_new({ request, context in
             HTTPConnection.finished(request, Unmanaged<HTTPCall>.fromOpaque(context!).takeUnretainedValue())
@@ -193,6 +205,7 @@ final class HTTPConnection {
         evhttp_request_set_header_cb(request) { request, context in
             let call = Unmanaged<HTTPCall>.fromOpaque(context!).takeUnretainedValue()
             call.headersSeen = true
+            call.connected = true
             call.status = Int(evhttp_request_get_response_code(request))
             call.core.headersArrived(call)
             return 0
@@ -305,8 +318,8 @@ final class HTTPConnection {
     private func failure(_ call: HTTPCall) -> HTTPClientError {
         switch call.error {
         case nil:
-            // evhttp 2.1 reports a refused connect by calling back with no answer and no error.
-            return .connection("connection to \(authority) refused")
+            // evhttp 2.1 reports a connect refused at once by calling back with no answer and no error.
+            return .connection("cannot connect to \(authority): connection refused")
         case EVREQ_HTTP_TIMEOUT?:
             return .timedOut("no answer from \(authority)")
         case EVREQ_HTTP_INVALID_HEADER?:
@@ -315,8 +328,11 @@ final class HTTPConnection {
             return .invalidResponse("the answer from \(authority) is too large")
         default:
             if call.headersSeen { return .connection("connection to \(authority) closed before the answer ended") }
-            if call.systemError == ECONNREFUSED { return .connection("connection to \(authority) refused") }
-            return .connection("connection to \(authority) failed or closed before an answer")
+            if call.connected { return .connection("connection to \(authority) closed before an answer") }
+            // libevent leaves the socket's error in errno; it is only a detail of the message.
+            let why = [ECONNREFUSED, ECONNRESET, EHOSTUNREACH, ENETUNREACH, ETIMEDOUT].contains(call.systemError)
+                ? ": " + String(cString: strerror(call.systemError)).lowercased() : ""
+            return .connection("cannot connect to \(authority)\(why)")
         }
     }
 
@@ -387,6 +403,7 @@ final class HTTPConnection {
             calls.removeAll()
             if let connection {
                 // Frees every pending request without calling back.
+                evhttp_connection_set_closecb(connection, nil, nil)
                 evhttp_connection_free(connection)
                 self.connection = nil
             }

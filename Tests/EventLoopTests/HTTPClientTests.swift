@@ -243,6 +243,13 @@ struct HTTPClientTests {
         droppingClient.stream(method: .post, path: "/", body: [], timeout: .seconds(5), onChunk: { _ in }) { result in
             if case .failure(let error) = result { dropped = error }
         }
+        // Hangs up without a word.
+        let hangup = try ScriptedHTTPServer { connection, _ in _ = connection.readRequest() }
+        var hungUp: HTTPClientError?
+        let hangupClient = HTTPClient(base: base, host: "127.0.0.1", port: hangup.port)
+        hangupClient.request(method: .get, path: "/", body: [], timeout: .seconds(5)) { result in
+            if case .failure(let error) = result { hungUp = error }
+        }
         // Silent after its headers: the idle timeout ends it.
         let idle = try ScriptedHTTPServer { connection, _ in
             guard connection.readRequest() != nil else { return }
@@ -285,11 +292,12 @@ struct HTTPClientTests {
             if case .failure(let error) = result { refused = error }
         }
         let repeatTimer = RepeatingCheck(base: base) {
-            refused != nil && timedOut != nil && dropped != nil && idled != nil && status != nil && tooLarge != nil
+            refused != nil && timedOut != nil && dropped != nil && idled != nil && status != nil && tooLarge != nil && hungUp != nil
         }
         runLoop(base)
-        withExtendedLifetime((repeatTimer, silentClient, droppingClient, idleClient, failingClient, largeClient, refusedClient)) {}
-        #expect(refused == .connection("connection to 127.0.0.1:\(refusedPort) refused"))
+        withExtendedLifetime((repeatTimer, silentClient, droppingClient, idleClient, failingClient, largeClient, refusedClient, hangupClient)) {}
+        #expect(hungUp == .connection("connection to 127.0.0.1:\(hangup.port) closed before an answer"))
+        #expect(refused?.description.hasPrefix("cannot connect to 127.0.0.1:\(refusedPort)") == true, "\(String(describing: refused))")
         #expect(timedOut == .timedOut("no answer from 127.0.0.1:\(silent.port) within 300ms"))
         #expect(took > 0.25 && took < 3)
         #expect(dropped == .connection("connection to 127.0.0.1:\(dropping.port) closed before the answer ended"))
