@@ -185,8 +185,8 @@ extension Integration {
             let etcd = try EtcdProcess()
             try etcd.put(Self.prefix + "a", record("10.0.0.1:6379"))
             try etcd.put(Self.prefix + "b", record("10.0.0.2:6379"))
-            // Retries at least a second apart: the changes below are made before the watch comes back.
-            let slow = EtcdSource.Timing(requestTimeout: .seconds(1), silence: .seconds(5), firstRetry: .seconds(1), maxRetry: .seconds(2))
+            // Retries 1.5s, then 3s apart: the changes below are made well before the watch comes back.
+            let slow = EtcdSource.Timing(requestTimeout: .seconds(1), silence: .seconds(5), firstRetry: .milliseconds(1500), maxRetry: .seconds(3))
             let source = try EtcdSourceHarness(endpoints: [etcd.url], prefix: Self.prefix, timing: slow)
             defer { source.stop() }
             _ = try source.reports(after: 0, count: 1)
@@ -196,7 +196,7 @@ extension Integration {
             guard case .failed(let message, let retryIn) = source.reports.first(where: \.isFailed) else { return }
             #expect(message.contains("the watch on \(etcd.url) ended"), "\(message)")
             #expect(message.contains("resuming the watch from revision"))
-            #expect(retryIn == .seconds(1))
+            #expect(retryIn == .milliseconds(1500))
             try etcd.start()
             let putC = try etcd.put(Self.prefix + "c", record("10.0.0.3:6379"))
             let deleteA = try etcd.delete(Self.prefix + "a")
@@ -220,7 +220,7 @@ extension Integration {
         @Test func aCompactionWhileTheWatchIsDownLeadsToAFullRead() throws {
             let etcd = try EtcdProcess()
             try etcd.put(Self.prefix + "a", record("10.0.0.1:6379"))
-            let slow = EtcdSource.Timing(requestTimeout: .seconds(1), silence: .seconds(5), firstRetry: .seconds(1), maxRetry: .seconds(2))
+            let slow = EtcdSource.Timing(requestTimeout: .seconds(1), silence: .seconds(5), firstRetry: .milliseconds(1500), maxRetry: .seconds(3))
             let source = try EtcdSourceHarness(endpoints: [etcd.url], prefix: Self.prefix, timing: slow)
             defer { source.stop() }
             _ = try source.reports(after: 0, count: 1)
