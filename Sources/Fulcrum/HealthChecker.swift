@@ -165,13 +165,23 @@ final class HealthChecker {
     }
 
     private func probe(_ target: Target) {
-        let (send, expectsReply, judge) = Self.plan(target.health.check, host: "\(target.address)")
         let epoch = target.epoch
-        let started = base.monotonicMicroseconds
-        Probe.start(base: base, endpoint: target.endpoint, timeoutMicroseconds: target.health.timeout.inMicroseconds,
-                    send: send, expectsReply: expectsReply, judge: judge) { [weak self, weak target] verdict in
+        Self.probe(base: base, address: target.address, endpoint: target.endpoint, health: target.health) {
+            [weak self, weak target] verdict, took in
             guard let self, let target, target.timer != nil, target.epoch == epoch else { return }
-            self.record(target, verdict, took: self.base.monotonicMicroseconds - started)
+            self.record(target, verdict, took: took)
+        }
+    }
+
+    /// Runs one probe of a backend with its check, on `base`; `completion` gets the verdict and how long it
+    /// took, in microseconds. The proxy's checks and `fulcrum register` run the same code.
+    static func probe(base: EventBase, address: SocketAddress, endpoint: Endpoint, health: FulcrumConfig.Health,
+                      completion: @escaping (Probe.Verdict, _ took: Int64) -> Void) {
+        let (send, expectsReply, judge) = plan(health.check, host: "\(address)")
+        let started = base.monotonicMicroseconds
+        Probe.start(base: base, endpoint: endpoint, timeoutMicroseconds: health.timeout.inMicroseconds,
+                    send: send, expectsReply: expectsReply, judge: judge) { verdict in
+            completion(verdict, base.monotonicMicroseconds - started)
         }
     }
 
@@ -191,14 +201,7 @@ final class HealthChecker {
         let change = target.state.record(success: success, error: reason)
         var detail: String?
         if let change {
-            let check = Self.name(target.health.check)
-            let elapsed = Duration.microseconds(took).configText
-            // From unknown one probe decides; otherwise rise (or fall) probes in a row did.
-            let count = before == .unknown ? "first check"
-                : change == .up ? "rise \(target.state.rise) in a row" : "fall \(target.state.fall) in a row"
-            detail = change == .up
-                ? "check \(check) passed in \(elapsed) (\(count))"
-                : "check \(check) failed: \(reason ?? "") after \(elapsed) (\(count))"
+            detail = Self.describe(change, from: before, health: target.state, check: target.health.check, reason: reason, took: took)
             let metadata: Logger.Metadata = [
                 "pool": "\(target.poolName)", "backend": "\(target.address)", "check": "\(Self.name(target.health.check))",
             ]
@@ -234,6 +237,19 @@ final class HealthChecker {
         let ready = checkedWaiters.filter { $0.pool == pool }
         checkedWaiters.removeAll { $0.pool == pool }
         for waiter in ready { waiter.done() }
+    }
+
+    /// What a change of state means, for logs and status: `check tcp passed in 2ms (rise 2 in a row)`,
+    /// `check tcp failed: connection refused after 1ms (fall 3 in a row)`.
+    static func describe(_ change: ActiveHealth.State, from before: ActiveHealth.State, health: ActiveHealth,
+                         check: FulcrumConfig.Health.Check, reason: String?, took: Int64) -> String {
+        let elapsed = Duration.microseconds(took).configText
+        // From unknown one probe decides; otherwise rise (or fall) probes in a row did.
+        let count = before == .unknown ? "first check"
+            : change == .up ? "rise \(health.rise) in a row" : "fall \(health.fall) in a row"
+        return change == .up
+            ? "check \(name(check)) passed in \(elapsed) (\(count))"
+            : "check \(name(check)) failed: \(reason ?? "") after \(elapsed) (\(count))"
     }
 
     static func name(_ check: FulcrumConfig.Health.Check) -> String {

@@ -23,7 +23,7 @@ struct FulcrumCommand: ParsableCommand {
           fulcrum status --config examples/quickstart.yaml  # the running process's pools and backends, from its admin API
         """,
         version: version,
-        subcommands: [Run.self, Check.self, Reload.self, Upgrade.self, Status.self],
+        subcommands: [Run.self, Check.self, Reload.self, Upgrade.self, Status.self, Register.self],
         defaultSubcommand: nil
     )
 }
