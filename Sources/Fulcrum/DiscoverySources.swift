@@ -23,8 +23,8 @@ final class DiscoverySources {
         case .srv(let name):
             let settings = spec.dns ?? FulcrumConfig.DNS()
             return SRVSource(service: service(settings), name: name, settings: settings, logger: logger, report: report)
-        case .etcd:
-            return nil
+        case .etcd(let etcd):
+            return EtcdSource(base: base, settings: etcd, logger: logger, report: report)
         }
     }
 
