@@ -58,6 +58,8 @@ final class EtcdSource: DiscoverySource {
     private(set) var failures = 0
     /// The failure reported, until a success.
     private var staleReason: String?
+    /// What the retry timer does when it fires.
+    private var pendingRetry = Next.read
     private var retryTimer: Timer?
     private var silenceTimer: Timer?
 
@@ -81,8 +83,6 @@ final class EtcdSource: DiscoverySource {
     }
 
     deinit { stop() }
-
-    private var pendingRetry = Next.read
 
     func start() {
         guard !running, !stopped else { return }
