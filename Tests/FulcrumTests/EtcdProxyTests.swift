@@ -54,7 +54,8 @@ extension Integration {
             let port = proxy.port("front")
             var answers: [String: Int] = [:]
             for i in 0..<20 { answers[askOnce(port, i) ?? "failed", default: 0] += 1 }
-            #expect(answers == ["a": 10, "b": 10], "\(answers)")
+            // Round robin per worker (two workers): about half each.
+            #expect(answers["a", default: 0] >= 7 && answers["b", default: 0] >= 7 && answers["failed"] == nil, "\(answers)")
 
             // A weight change under a long-lived connection: applied, and the connection carries on.
             let long = try PersistentClient(port: port, pause: 0.01)
