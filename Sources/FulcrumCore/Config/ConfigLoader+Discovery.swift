@@ -101,37 +101,12 @@ extension ConfigLoader {
 
     /// `http://HOST:PORT` with an IP literal or localhost; https and credentials are refused with the reason.
     private static func etcdEndpoint(_ text: String, _ path: String, _ node: Node, _ r: inout YAMLReader) -> SocketAddress? {
-        if text.hasPrefix("https://") {
-            r.report(node, path, "TLS to etcd is not supported yet",
-                     hint: "use etcd's plain HTTP client URL (http://...) on a trusted network, e.g. a local etcd proxy")
+        switch Etcd.endpoint(text) {
+        case .success(let address): return address
+        case .failure(let error):
+            r.report(node, path, error.problem, hint: error.fix)
             return nil
         }
-        guard text.hasPrefix("http://") else {
-            r.report(node, path, "'\(text)' is not an http:// URL", hint: "write it as http://127.0.0.1:2379")
-            return nil
-        }
-        var rest = String(text.dropFirst("http://".count))
-        if rest.hasSuffix("/") { rest.removeLast() }
-        if rest.contains("@") {
-            r.report(node, path, "etcd authentication is not supported yet",
-                     hint: "drop the user name and password; run etcd without auth on a trusted network")
-            return nil
-        }
-        if rest.contains("/") {
-            r.report(node, path, "'\(text)' has a path; an etcd endpoint is a scheme, host and port",
-                     hint: "write it as http://127.0.0.1:2379")
-            return nil
-        }
-        switch ConfigValue.address(rest.contains(":") && !rest.hasSuffix("]") ? rest : "\(rest):2379") {
-        case .success(let address) where address.port != 0:
-            return address
-        case .failure(.hostname(let host)):
-            r.report(node, path, "'\(host)' is a host name; an etcd endpoint must be an IP address or localhost",
-                     hint: "write the address, e.g. http://127.0.0.1:2379")
-        default:
-            r.report(node, path, "'\(text)' is not an etcd URL", hint: "write it as http://127.0.0.1:2379")
-        }
-        return nil
     }
 
     /// Letters, digits, '-', '_' and dots; labels of 1 to 63 characters; at most 253 in all.
