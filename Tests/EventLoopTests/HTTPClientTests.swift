@@ -213,10 +213,28 @@ struct HTTPClientTests {
         }
     }
 
+    /// A TCP socket bound to a free loopback port without listening: connects to it are refused.
+    static func boundNotListening() throws -> (Int32, UInt16) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+            }
+        }
+        guard fd >= 0, bound else { throw POSIXError(.EADDRNOTAVAIL) }
+        return (fd, UInt16(bigEndian: address.sin_port))
+    }
+
     @Test func refusedTimedOutAndDroppedConnectionsFailWithTheirReason() throws {
         let base = EventBase()
-        // Refused: a port whose listener is closed again.
-        let refusedPort = try ScriptedHTTPServer(connections: 0) { _, _ in }.port
+        // Refused: a port bound by a socket that does not listen, held for the whole test so that no
+        // server of this test (or another) can be given it.
+        let (refusedFD, refusedPort) = try Self.boundNotListening()
+        defer { Glibc.close(refusedFD) }
         var refused: HTTPClientError?
 
         // Silent: accepts, never answers.
