@@ -102,6 +102,7 @@ final class DiscoveryRunner {
     func sync(_ config: FulcrumConfig) {
         let wanted = DiscoverySpec.all(in: config)
         var kept: [Entry] = []
+        var removed: [Entry] = []
         for entry in entries {
             if wanted.contains(entry.spec) {
                 kept.append(entry)
@@ -120,17 +121,29 @@ final class DiscoveryRunner {
                 kept.append(fresh)
                 logger.info("discovery: \(spec.listing) restarts with new settings", metadata: ["pool": "\(spec.pool)"])
             } else {
-                unlistAll(entry)
-                logger.info("discovery: \(entry.spec.listing) removed by a reload; its backends drain", metadata: [
-                    "pool": "\(entry.spec.pool)",
-                ])
+                removed.append(entry)
             }
         }
+        var added: Set<String> = []
         for spec in wanted where !kept.contains(where: { $0.spec == spec }) {
             kept.append(Entry(spec: spec))
+            added.insert(spec.pool)
         }
         entries = kept
         for entry in entries where entry.source == nil { start(entry) }
+        // A source the reload removes takes its backends with it. When the pool gains another source in
+        // the same reload (a new prefix, name or kind), they stay until the new one has answered, so that
+        // replacing a source does not empty the pool meanwhile.
+        for entry in removed {
+            let pool = entry.spec.pool
+            let drain = { [weak self] in
+                self?.unlistAll(entry)
+                self?.logger.info("discovery: \(entry.spec.listing) removed by a reload; its backends drain", metadata: [
+                    "pool": "\(pool)",
+                ])
+            }
+            if added.contains(pool) && config.pool(named: pool) != nil { whenAnswered(pool: pool, drain) } else { drain() }
+        }
     }
 
     /// Calls `done` once every source has reported at least once (at once if none runs or all have).
@@ -281,7 +294,8 @@ final class DiscoveryRunner {
 
     /// A source that goes away takes its backends with it (they drain), unless another listing has them.
     private func unlistAll(_ entry: Entry) {
-        guard let pool = state.poolIndex(entry.spec.pool) else { return }
+        // Retired pools too: a pool a reload removes and a later one adds again is the same pool.
+        guard let pool = state.pools.lastIndex(where: { $0.name == entry.spec.pool }) else { return }
         let operations = entry.reconciler.listed.keys.map { DiscoveryReconciler.Operation.unlist($0) }
         apply(operations, pool: pool, entry: entry, detail: "source removed")
     }

@@ -261,11 +261,14 @@ final class EtcdSource: DiscoverySource {
             let entries = known.sorted { $0.key < $1.key }.map { DiscoveredBackend(key: $0.key, backend: $0.value) }
             return emit(.snapshot(entries, detail: "revision \(revision), watch resumed"), epoch)
         case .events(let events, _):
+            // Never twice: a change at or below the revision reported is one the pool has. One revision can
+            // hold several events (a delete of a range, a transaction, a lease with several keys): every
+            // one of them is above the revision before this message.
+            let floor = revision
             for event in events {
                 let kv = event.keyValue
-                // Never twice: a change at or below the revision reported is one the pool has.
-                guard kv.modRevision > revision else { continue }
-                revision = kv.modRevision
+                guard kv.modRevision > floor else { continue }
+                revision = max(revision, kv.modRevision)
                 let detail = "revision \(kv.modRevision)"
                 let report: DiscoveryReport
                 switch event {

@@ -79,7 +79,9 @@ private func pool(_ body: String) -> String {
         let host = diagnostics(pool("discovery: {etcd: {endpoints: [\"http://etcd.internal:2379\"], prefix: /x/}}"))
         #expect(host.first?.message.contains("is a host name") == true)
         let missing = diagnostics(pool("discovery: {etcd: {endpoints: [\"http://127.0.0.1:2379\"]}}"))
-        #expect(missing.first?.keyPath == "pools.p.discovery.etcd.prefix")
+        #expect(missing.map(\.keyPath) == ["pools.p.discovery.etcd.prefix"], "one error, not a second about backends")
+        let slash = diagnostics(pool("discovery: {etcd: {endpoints: [\"http://127.0.0.1:2379\"], prefix: /redis}}"))
+        #expect(slash.first?.message.contains("does not end with '/'") == true)
     }
 
     @Test func oneSourcePerPool() {
@@ -87,7 +89,7 @@ private func pool(_ body: String) -> String {
         #expect(found.first?.message == "a pool names one discovery source, got srv and etcd")
     }
 
-    @Test(arguments: ["redis.internal", "bad_host!:6379", "a..b:6379", "redis.internal:0"])
+    @Test(arguments: ["redis.internal", "bad_host!:6379", "a..b:6379", "redis.internal:0", "10.0.0.256:80", "1.2.3:80", "-x:80"])
     func aBadHostNameEntryNamesTheKeyAndTheFix(_ address: String) {
         let found = diagnostics(pool("backends: [\"\(address)\"]"))
         #expect(found.first?.keyPath == "pools.p.backends[0].address", "\(found)")

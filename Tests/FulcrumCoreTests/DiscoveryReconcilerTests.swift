@@ -119,12 +119,16 @@ private let s: Microseconds = 1_000_000
         _ = r.apply(snapshot([record(1), record(2)]), now: 0, limit: 100)
         let note = r.apply(.invalid(key: "k2", message: "weight: 'x' is not a number"), now: s, limit: 100)
         #expect(note.operations == [] && note.notes.first?.contains("k2") == true)
-        // A re-read without the malformed record keeps its last good value.
-        #expect(r.apply(snapshot([record(1)]), now: 2 * s, limit: 100).operations == [])
-        #expect(r.listed[address(2)] != nil)
+        // A re-read lists it with its last good value (as the source keeps it): nothing changes.
+        #expect(r.apply(snapshot([record(1), record(2)]), now: 2 * s, limit: 100).operations == [])
+        #expect(r.listed[address(2)] != nil && r.invalid["k2"] != nil)
         // A good value again clears it.
         #expect(r.apply(.put(record(2, weight: 4), detail: ""), now: 3 * s, limit: 100).operations
                 == [.list(record(2, weight: 4).backend)])
+        #expect(r.invalid.isEmpty)
+        // Malformed again, then gone from a re-read: gone.
+        _ = r.apply(.invalid(key: "k2", message: "bad"), now: 4 * s, limit: 100)
+        #expect(r.apply(snapshot([record(1)]), now: 5 * s, limit: 100).operations == [.unlist(address(2))])
         #expect(r.invalid.isEmpty)
     }
 }

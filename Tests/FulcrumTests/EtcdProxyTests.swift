@@ -119,6 +119,65 @@ extension Integration {
             #expect(((entry?["errors"] as? Int) ?? 0) >= 1)
         }
 
+        /// One etcd revision can hold several events (a range delete): every one of them applies.
+        @Test func aRangeDeleteRemovesEveryBackendOfItsRevision() throws {
+            let etcd = try EtcdProcess()
+            let a = try BackendProcess("a"), b = try BackendProcess("b"), c = try BackendProcess("c")
+            for backend in [a, b, c] { _ = try etcd.put(Self.prefix + backend.name, record(backend.port)) }
+            let proxy = try FulcrumProcess(config: proxyConfig(etcd))
+            let admin = try #require(proxy.adminPort)
+            let deleted = try runProgram(URL(fileURLWithPath: "/usr/bin/etcdctl"), ["--endpoints", etcd.url, "del", "--prefix", Self.prefix])
+            #expect(deleted.status == 0 && deleted.output.contains("3"), "\(deleted.output)")
+            // A removed backend without connections leaves `/status`.
+            let status = try statusWhen(admin) { status in
+                [a, b, c].allSatisfy { AdminClient.backend(status, pool: "app", "127.0.0.1:\($0.port)")?["listed"] as? Bool != true }
+            }
+            for backend in [a, b, c] {
+                #expect(AdminClient.backend(status, pool: "app", "127.0.0.1:\(backend.port)")?["listed"] as? Bool != true,
+                        "\(backend.name) is removed with the others")
+            }
+            #expect(discoverySource(status, pool: "app", "etcd \(Self.prefix)")?["backends"] as? Int == 0)
+            #expect(askOnce(proxy.port("front"), 0) == nil, "no backend left to serve")
+        }
+
+        /// A reload that replaces a pool's source (another prefix listing the same backends) keeps them in
+        /// the pool until the new source has answered: no client fails meanwhile. A pool a reload removes
+        /// and a later reload adds again carries none of its old source's backends.
+        @Test func reloadsReplaceSourcesWithoutEmptyingThePool() throws {
+            let etcd = try EtcdProcess()
+            let a = try BackendProcess("a")
+            _ = try etcd.put(Self.prefix + "a", record(a.port))
+            _ = try etcd.put("/fulcrum/pools/other/a", record(a.port))
+            let proxy = try FulcrumProcess(config: proxyConfig(etcd))
+            let admin = try #require(proxy.adminPort)
+            let load = LoadClient(port: proxy.port("front"), limit: 100_000)
+            try load.waitForOutcomes(20)
+            try proxy.reload(proxyConfig(etcd).replacingOccurrences(of: Self.prefix, with: "/fulcrum/pools/other/"))
+            try load.waitForOutcomes(100)
+            let outcomes = load.stop()
+            #expect(outcomes.filter { $0.error != nil }.isEmpty, "\(outcomes.filter { $0.error != nil }.prefix(3).map { $0.error ?? "" })")
+            var status = try statusWhen(admin) { discoverySource($0, pool: "app", "etcd /fulcrum/pools/other/") != nil }
+            let backend = AdminClient.backend(status, pool: "app", "127.0.0.1:\(a.port)")
+            #expect(backend?["listed_by"] as? [String] == ["etcd /fulcrum/pools/other/"], "\(backend ?? [:])")
+
+            // The pool goes (its listener serves a static pool meanwhile), its key is deleted, it comes back.
+            let b = try BackendProcess("b")
+            let withoutPool = """
+            workers: 2
+            admin: {listen: 127.0.0.1:0}
+            listeners: [{name: front, listen: 127.0.0.1:0, pool: fixed}]
+            pools:
+              fixed:
+                backends: [127.0.0.1:\(b.port)]
+            """
+            try proxy.reload(withoutPool)
+            _ = try etcd.delete("/fulcrum/pools/other/a")
+            try proxy.reload(proxyConfig(etcd).replacingOccurrences(of: Self.prefix, with: "/fulcrum/pools/other/"))
+            status = try statusWhen(admin) { discoverySource($0, pool: "app", "etcd /fulcrum/pools/other/")?["state"] as? String == "ok" }
+            #expect(AdminClient.backend(status, pool: "app", "127.0.0.1:\(a.port)")?["listed"] as? Bool != true,
+                    "no backend left over from the pool's earlier life")
+        }
+
         /// Three instances on one prefix converge: the time from a registration change to every instance
         /// routing by it, over a series of changes.
         @Test func threeInstancesConvergeOnEveryChange() throws {

@@ -85,6 +85,9 @@ extension ConfigLoader {
                 if text.isEmpty || text.contains("\0") {
                     r.report(node, e.path("prefix"), "'\(text)' is not a key prefix",
                              hint: "name the keys' common start, e.g. prefix: /fulcrum/pools/redis/")
+                } else if !text.hasSuffix("/") {
+                    r.report(node, e.path("prefix"), "the prefix '\(text)' does not end with '/', so it would also match the keys of '\(text)2/' and the like",
+                             hint: "end it with '/', e.g. prefix: \(text)/ (fulcrum register writes keys under such a prefix)")
                 } else {
                     prefix = text
                 }
@@ -113,8 +116,11 @@ extension ConfigLoader {
     static func isHostName(_ text: String) -> Bool {
         let name = text.hasSuffix(".") ? String(text.dropLast()) : text
         guard !name.isEmpty, name.utf8.count <= 253 else { return false }
-        return name.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { label in
-            (1...63).contains(label.utf8.count)
+        let labels = name.split(separator: ".", omittingEmptySubsequences: false)
+        // An all-numeric last label is a mistyped IP address (10.0.0.256, 1.2.3), not a name.
+        guard let last = labels.last, !last.allSatisfy(\.isNumber) else { return false }
+        return labels.allSatisfy { label in
+            (1...63).contains(label.utf8.count) && !label.hasPrefix("-") && !label.hasSuffix("-")
                 && label.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }
         }
     }

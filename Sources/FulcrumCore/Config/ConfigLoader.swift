@@ -220,7 +220,7 @@ public enum ConfigLoader {
         var names: [FulcrumConfig.NamedBackend] = []
         if let node = f["backends"] {
             (backends, names) = buildBackends(node, f.path("backends"), emptyAllowed: discovery.source != nil, &r)
-        } else if discovery.source == nil {
+        } else if discovery.source == nil && f["discovery"] == nil {
             r.report(f.node, f.path("backends"), "missing required key 'backends'",
                      hint: "list at least one backend, e.g. '- address: 127.0.0.1:6379', or name a discovery source")
         }

@@ -15,7 +15,8 @@
 ///   deletions (an etcd delete or lease expiry) apply as they come, even the last one.
 /// - At most `limit` backends (the pool's `max_backends` less what its other sources list): records
 ///   beyond it are ignored and counted.
-/// - A malformed record is ignored; its last good value stays.
+/// - A malformed record is ignored; its last good value stays (a source's complete read lists it with
+///   that value).
 public struct DiscoveryReconciler: Sendable {
     public enum Operation: Equatable, Sendable {
         /// List the backend, or list it again with new values.
@@ -72,15 +73,9 @@ public struct DiscoveryReconciler: Sendable {
                 fresh[entry.key] = entry.backend
                 order.append(entry.key)
             }
-            // A malformed record missing from the read keeps its last good value.
-            for key in invalid.keys where fresh[key] == nil {
-                if let previous = records[key] {
-                    fresh[key] = previous
-                    order.append(key)
-                } else {
-                    invalid[key] = nil
-                }
-            }
+            // A read is the whole truth: a malformed record it lists comes with its last good value (the
+            // source keeps it); one it does not list is gone.
+            for key in invalid.keys where fresh[key] == nil { invalid[key] = nil }
             records = fresh
             keyOrder = order
             return reconcile(now: now, limit: limit, complete: true, deleted: nil)

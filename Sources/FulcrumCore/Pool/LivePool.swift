@@ -257,6 +257,9 @@ public struct LivePool: Sendable {
                     backends[slot].check = .unknown
                     backends[slot].checkReason = nil
                     backends[slot].breakers = Array(repeating: .closed, count: backends[slot].breakers.count)
+                    // A registry that lists an address again after it was gone for good lists another
+                    // instance (addresses are reused): the operator's overrides were for the old one.
+                    if listing != Self.fileListing { backends[slot].overrides = BackendOverrides() }
                 }
             }
             return slot
