@@ -18,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-20000}
 CONNECTIONS=${CONNECTIONS:-5000}
+CLIENTS=${CLIENTS:-10}
 OUT=bench/out/syscalls
 mkdir -p "$OUT"
 ./.ci/ensure-packages strace haproxy redis-server redis-tools libevent-dev pkg-config python3 >/dev/null
@@ -67,7 +68,7 @@ measure() { # target, port, command...
   PIDS+=("$pid")
   wait_port "$port" 10
   redis-cli -p "$port" ping >/dev/null # warm: first connections, lazily set-up state
-  trace "$target" "$pid" conn redis-benchmark -p "$port" -c 10 -n "$CONNECTIONS" -k 0 -t ping_inline -q
+  trace "$target" "$pid" conn redis-benchmark -p "$port" -c "$CLIENTS" -n "$CONNECTIONS" -k 0 -t ping_inline -q
   trace "$target" "$pid" rpc redis-benchmark -p "$port" -c 50 -n "$REQUESTS" -t get -q
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
 }
