@@ -30,4 +30,12 @@ static inline int clibevent_set_thread_name(pthread_t thread, const char *name) 
     return pthread_setname_np(thread, name);
 }
 
+// accept4 is a GNU extension too: one call that accepts and makes the socket non-blocking and
+// close-on-exec, where accept would need two fcntl calls more per connection.
+extern int accept4(int fd, struct sockaddr *address, socklen_t *length, int flags);
+
+static inline int clibevent_accept4(int fd, struct sockaddr *address, socklen_t *length, int flags) {
+    return accept4(fd, address, length, flags);
+}
+
 #endif

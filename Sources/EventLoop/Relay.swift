@@ -213,7 +213,8 @@ public final class Relay {
     @inline(__always)
     func writeEvent(_ side: Int) -> OpaquePointer { event(side == Self.client ? .clientWrite : .upstreamWrite) }
 
-    /// Wraps an accepted, non-blocking client socket; the relay owns and eventually closes it.
+    /// Wraps an accepted, non-blocking client socket; the relay owns and eventually closes it. The socket
+    /// comes with TCP_NODELAY from its listening socket (see `Listener`).
     public init(base: EventBase, clientFD: Int32, options: RelayOptions, delegate: any RelayDelegate,
                 group: RelayGroup) {
         self.eventBase = base
@@ -231,7 +232,6 @@ public final class Relay {
         for slot in EventSlot.allCases {
             event_assign(event(slot), base.base, -1, 0, relayIdleCallback, me)
         }
-        Socket.setNoDelay(clientFD)
         _ = Unmanaged.passRetained(self)
         group.insert(self)
     }

@@ -27,7 +27,10 @@ struct DescriptorPassingTests {
         var info = stat()
         #expect(stat(path, &info) == 0 && info.st_mode & 0o777 == 0o600, "the socket file is private to its user")
         let client = try UnixSocket.connect(path: path, timeoutMicroseconds: 5_000_000)
-        defer { Socket.close(client) }
+        // Closed once: tests run in parallel in one process, so a second close could close another test's
+        // descriptor that took the same number meanwhile.
+        var clientOpen = true
+        defer { if clientOpen { Socket.close(client) } }
         let server = try #require(try UnixSocket.accept(listening, timeoutMicroseconds: 5_000_000))
         defer { Socket.close(server) }
 
@@ -54,6 +57,7 @@ struct DescriptorPassingTests {
         try UnixSocket.send(client, payload: Array("ready".utf8))
         #expect(try UnixSocket.receive(server)?.payload == Array("ready".utf8))
         Socket.close(client)
+        clientOpen = false
         #expect(try UnixSocket.receive(server) == nil)
     }
 
