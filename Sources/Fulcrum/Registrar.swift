@@ -10,6 +10,8 @@ import Logging
 ///     check up ──▶ grant a lease (TTL) ──▶ put the record under it ──▶ keepalive every TTL/3
 ///     check down ─▶ revoke the lease: the key is gone at once; checking goes on
 ///     keepalive answers TTL 0 (the lease expired, or etcd lost it) ──▶ grant and put again
+///     every third keepalive (about once per TTL) ──▶ read the key (keys only): deleted, or not under
+///                          our lease ──▶ put it again under the current lease
 ///     etcd unreachable ──▶ retry with backoff, next endpoint; the check goes on; a key whose lease
 ///                          cannot be renewed expires with it
 ///     stop ──▶ put the record with state drain (same lease) ──▶ wait drainWait ──▶ delete, revoke
@@ -40,6 +42,11 @@ public final class Registrar {
     /// The state the key holds under the current lease; nil when the key is not (known to be) there.
     private var written: OperatorState?
     private var keepaliveDue = false
+    /// Keepalives answered since the key was last put or verified; every third one verifies the key.
+    private var keepalivesSinceVerify = 0
+    private var verifyDue = false
+    /// What happened to the key when it was found deleted (or under another lease): the next put says so.
+    private var restoring: String?
     private var keepaliveTimer: Timer?
     private var retryTimer: Timer?
     private var drainTimer: Timer?
@@ -179,6 +186,7 @@ public final class Registrar {
             if wanted, written != .enabled, let lease { return put(.enabled, lease) }
             if !wanted, let lease { return revoke(lease) }
             if keepaliveDue, let lease { return keepalive(lease) }
+            if verifyDue, let lease { return verify(lease) }
         case .draining:
             guard let lease, written != nil else { return finish() }
             if written == .enabled { return put(.drain, lease) }
@@ -213,8 +221,15 @@ public final class Registrar {
             _ = try Etcd.parseRevision(body)
             written = state
             if state == .enabled {
-                logger.notice("registered \(key) with lease \(lease.idText) ttl \(ttl)")
+                if let restoring {
+                    logger.warning("key \(key) \(restoring); registered again with lease \(lease.idText)")
+                } else {
+                    logger.notice("registered \(key) with lease \(lease.idText) ttl \(ttl)")
+                }
+                restoring = nil
                 keepaliveDue = false
+                keepalivesSinceVerify = 0
+                verifyDue = false
                 keepaliveTimer?.schedule(after: registration.keepaliveInterval)
             } else {
                 logger.notice("\(key) set to state drain; deleting it in \(registration.drainWait.configText)")
@@ -239,6 +254,36 @@ public final class Registrar {
                 logger.warning("lease \(lease.idText) expired in etcd (keepalive answered TTL 0): \(key) is gone\(again)")
                 self.lease = nil
                 written = nil
+                restoring = nil
+            } else if phase == .running, written == .enabled {
+                keepalivesSinceVerify += 1
+                if keepalivesSinceVerify >= Self.keepalivesPerVerify { verifyDue = true }
+            }
+        }
+    }
+
+    /// A key checked every this many keepalives: about once per TTL, one small read.
+    static let keepalivesPerVerify = 3
+
+    /// Reads the key (without its value): if someone deleted it, or it is no longer under our lease, it is
+    /// put again under the current one. The lease is untouched by a delete, so keepalives alone never
+    /// notice.
+    private func verify(_ lease: Etcd.Lease) {
+        send(Etcd.get(key: key, keysOnly: true)) { [unowned self] body in
+            let range = try Etcd.parseRange(body)
+            verifyDue = false
+            keepalivesSinceVerify = 0
+            guard phase == .running, self.lease?.id == lease.id, written == .enabled else { return }
+            guard let found = range.kvs.first(where: { $0.keyText == key }) else {
+                written = nil
+                restoring = "was deleted"
+                return
+            }
+            if found.lease != lease.id {
+                written = nil
+                restoring = found.lease == 0
+                    ? "was overwritten without a lease"
+                    : "was overwritten under lease \(Etcd.Lease(id: found.lease, ttl: 0).idText)"
             }
         }
     }
@@ -247,6 +292,7 @@ public final class Registrar {
         let removed = { [unowned self] in
             self.lease = nil
             written = nil
+            restoring = nil
             keepaliveTimer?.cancel()
             logger.notice(phase == .running ? "\(key) removed: lease \(lease.idText) revoked" : "lease \(lease.idText) revoked")
         }

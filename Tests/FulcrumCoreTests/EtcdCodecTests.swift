@@ -47,6 +47,16 @@ import Testing
             == .init(path: "/v3/kv/put", text: #"{"key":"L3AvYQ==","value":"eA==","lease":"7"}"#))
         #expect(Etcd.put(key: "/p/a", value: []).text == #"{"key":"L3AvYQ==","value":""}"#)
         #expect(Etcd.delete(key: "/p/a") == .init(path: "/v3/kv/deleterange", text: #"{"key":"L3AvYQ=="}"#))
+        #expect(Etcd.get(key: "/p/a") == .init(path: "/v3/kv/range", text: #"{"key":"L3AvYQ=="}"#))
+        #expect(Etcd.get(key: "/p/a", keysOnly: true) == .init(path: "/v3/kv/range", text: #"{"key":"L3AvYQ==","keys_only":true}"#))
+    }
+
+    @Test func parsesAKeysOnlyGetWithItsLeaseAndOneForAMissingKey() throws {
+        let body = #"{"header":\#(Self.header),"kvs":[{"key":"L3AvYQ==","create_revision":"2","mod_revision":"3","version":"2","lease":"7587883591204929291"}],"count":"1"}"#
+        let range = try Etcd.parseRange(Array(body.utf8))
+        #expect(range.kvs == [.init(key: Array("/p/a".utf8), value: [], modRevision: 3, lease: 7587883591204929291)])
+        let missing = try Etcd.parseRange(Array(#"{"header":\#(Self.header)}"#.utf8))
+        #expect(missing.kvs.isEmpty)
     }
 
     // MARK: - Answers

@@ -118,6 +118,35 @@ extension Integration {
             #expect(sidecar.log.components(separatedBy: "etcd unreachable").count == 2, "logged once:\n\(sidecar.log)")
         }
 
+        @Test func aKeyDeletedWhileItsLeaseLivesIsPutAgainUnderThatLeaseWithinAboutOneTTL() throws {
+            let etcd = try EtcdProcess()
+            let backend = try BackendProcess("b4")
+            let key = Self.prefix + "127.0.0.1:\(backend.port)"
+            let sidecar = try sidecar(etcd, backend)
+            try etcd.waitFor(prefix: Self.prefix, "registered") { $0[key] != nil }
+            let leaseID = try lease(etcd, key)
+            let leaseText = String(UInt64(bitPattern: leaseID), radix: 16)
+            try sidecar.waitForLog("registered \(key) with lease \(leaseText) ttl 2s")
+
+            // An operator deletes the key; the lease lives on, so keepalives alone notice nothing.
+            try etcd.delete(key)
+            let deleted = Date()
+            #expect(try etcd.value(key) == nil)
+            try etcd.waitFor(prefix: Self.prefix, timeout: 8, "registered again") { $0[key] == record(backend.port) }
+            let back = Date().timeIntervalSince(deleted)
+            #expect(back < 4.5, "back within about one TTL (2s) plus a keepalive interval: \(back)s")
+            #expect(try lease(etcd, key) == leaseID, "under the same lease")
+            #expect(try etcd.leaseTTL(leaseID).map { $0 > 0 } == true, "a live lease")
+            try sidecar.waitForLog("key \(key) was deleted; registered again with lease \(leaseText)")
+
+            // Once back, it is not put again: the key keeps its revision over several verifications.
+            let revision = try etcd.read(prefix: Self.prefix).revision
+            Thread.sleep(forTimeInterval: 2.5)
+            #expect(try etcd.read(prefix: Self.prefix).revision == revision, "no put while the key is there")
+            #expect(try lease(etcd, key) == leaseID)
+            #expect(sidecar.log.components(separatedBy: "was deleted").count == 2, "logged once:\n\(sidecar.log)")
+        }
+
         @Test func invalidArgumentsAreRefusedWithEveryProblemAndItsFix() throws {
             let (status, output) = try runFulcrum(["register", "--etcd", "https://10.0.0.1:2379", "--prefix", "/fulcrum/pools/redis",
                                                    "--address", "redis.internal:6379", "--ttl", "1s", "--check", "send_expect"])

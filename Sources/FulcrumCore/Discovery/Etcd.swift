@@ -116,9 +116,12 @@ extension Etcd {
         return Request("/v3/kv/range", .object(["key": .string(base64(key)), "range_end": .string(base64(rangeEnd(prefix: key)))]))
     }
 
-    /// One key: cheap, and its answer carries the store's revision (a liveness check).
-    public static func get(key: String) -> Request {
-        Request("/v3/kv/range", .object(["key": .string(base64(Array(key.utf8)))]))
+    /// One key: cheap, and its answer carries the store's revision (a liveness check). With `keysOnly`
+    /// the answer leaves the value out: the key, its revisions and its lease only.
+    public static func get(key: String, keysOnly: Bool = false) -> Request {
+        var members: [JSON.Member] = [.init("key", .string(base64(Array(key.utf8))))]
+        if keysOnly { members.append(.init("keys_only", .bool(true))) }
+        return Request("/v3/kv/range", .object(members))
     }
 
     /// Watches every key under `prefix` from `startRevision` on, with progress notifications when asked.
