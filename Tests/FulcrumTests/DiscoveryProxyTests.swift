@@ -46,6 +46,7 @@ extension Integration {
         @Test func hostNameBackendsFollowTheirARecords() throws {
             let a = try BackendProcess("a", host: "127.0.0.2")
             let b = try BackendProcess("b", port: a.port, host: "127.0.0.3")
+            defer { withExtendedLifetime(b) {} }
             let dns = try DNSServerProcess(hosts: [("127.0.0.2", "svc.fulcrum.test")])
             let proxy = try FulcrumProcess(config: """
             workers: 2
