@@ -56,7 +56,8 @@ struct DiscoverySpec: Equatable {
 final class DiscoveryRunner {
     /// One running source, with what it has listed and how it has been doing.
     final class Entry {
-        let spec: DiscoverySpec
+        /// Replaced when a reload changes the source's settings but not its identity (pool and listing).
+        var spec: DiscoverySpec
         var source: DiscoverySource?
         var reconciler = DiscoveryReconciler()
         /// Reads again to confirm a held-back removal.
@@ -65,12 +66,11 @@ final class DiscoveryRunner {
         var reported = false
         var updates = 0
         var errors = 0
-        /// Wall-clock microseconds.
+        /// Wall-clock microseconds (whether and since when it is stale is the reconciler's, on the
+        /// monotonic clock).
         var lastSuccess: Int64?
-        var staleSince: Int64?
         var lastError: String?
         var lastDetail: String?
-        let started = WallClock.microseconds
 
         init(spec: DiscoverySpec) { self.spec = spec }
     }
@@ -113,12 +113,10 @@ final class DiscoveryRunner {
             entry.recheck?.cancel()
             let restarted = wanted.first { $0.pool == entry.spec.pool && $0.listing == entry.spec.listing }
             if let spec = restarted {
-                let fresh = Entry(spec: spec)
-                fresh.reconciler = entry.reconciler
-                fresh.updates = entry.updates
-                fresh.errors = entry.errors
-                fresh.lastSuccess = entry.lastSuccess
-                kept.append(fresh)
+                // The same source with other settings: it keeps what it listed and its history.
+                entry.spec = spec
+                entry.reported = false
+                kept.append(entry)
                 logger.info("discovery: \(spec.listing) restarts with new settings", metadata: ["pool": "\(spec.pool)"])
             } else {
                 removed.append(entry)
@@ -184,16 +182,16 @@ final class DiscoveryRunner {
 
     private func handle(_ report: DiscoveryReport, from entry: Entry) {
         guard entries.contains(where: { $0 === entry }), let pool = state.poolIndex(entry.spec.pool) else { return }
-        let wall = WallClock.microseconds
+        let now = base.monotonicMicroseconds
+        let staleBefore = entry.reconciler.stale
         let limit = state.pools[pool].settings.discovery.maxBackends
             - (state.pools[pool].discoveredCount - entry.reconciler.listed.count)
-        let outcome = entry.reconciler.apply(report, now: base.monotonicMicroseconds, limit: limit)
+        let outcome = entry.reconciler.apply(report, now: now, limit: limit)
         let meta: Logger.Metadata = ["pool": "\(entry.spec.pool)", "source": "\(entry.spec.listing)"]
         switch report {
         case .failed(let message, let retryIn):
             entry.errors += 1
-            if entry.staleSince == nil {
-                entry.staleSince = wall
+            if staleBefore == nil {
                 logger.warning("discovery: \(entry.spec.listing) failed: \(message); keeping the last known \(entry.reconciler.listed.count) backend(s), retrying in \(retryIn.configText)", metadata: meta)
             } else if entry.lastError != message {
                 logger.warning("discovery: \(entry.spec.listing) still failing: \(message)", metadata: meta)
@@ -202,12 +200,11 @@ final class DiscoveryRunner {
         case .invalid:
             break
         case .snapshot(_, let detail), .put(_, let detail), .delete(_, let detail):
-            if let since = entry.staleSince {
-                logger.notice("discovery: \(entry.spec.listing) answers again after \((wall - since) / 1_000_000)s", metadata: meta)
+            if let stale = staleBefore {
+                logger.notice("discovery: \(entry.spec.listing) answers again after \((now - stale.since) / 1_000_000)s", metadata: meta)
             }
-            entry.staleSince = nil
             entry.lastError = nil
-            entry.lastSuccess = wall
+            entry.lastSuccess = WallClock.microseconds
             entry.lastDetail = detail
             entry.updates += 1
         }

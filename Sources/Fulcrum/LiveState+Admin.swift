@@ -37,7 +37,7 @@ extension LiveState {
         pools[pool].setOperatorState(address, state)
         let after = pools[pool].backends[slot].effective.state
         let message = state.map { "operator: \($0.rawValue) via admin (was \(before.rawValue))" }
-            ?? "operator: state override cleared via admin (now \(after.rawValue), from the file)"
+            ?? "operator: state override cleared via admin (now \(after.rawValue), from the \(pools[pool].backends[slot].baseSource.rawValue))"
         return adminChanged(pool: pool, slot: slot, message, by: who)
     }
 
@@ -49,7 +49,7 @@ extension LiveState {
         pools[pool].setWeight(address, weight)
         let after = pools[pool].backends[slot].effective.weight
         let message = weight.map { "operator: weight \(before) -> \($0) via admin" }
-            ?? "operator: weight override cleared via admin (now \(after), from the file)"
+            ?? "operator: weight override cleared via admin (now \(after), from the \(pools[pool].backends[slot].baseSource.rawValue))"
         return adminChanged(pool: pool, slot: slot, message, by: who)
     }
 
@@ -111,19 +111,23 @@ extension LiveState {
                 "local_error": .int(counts[.refusedLocalError]),
             ]),
             "backends": .array(shown.map { backendJSON(index, $0, monotonic: monotonic, wall: wall) }),
-            "discovery": .array(discovery.entries.filter { $0.spec.pool == pool.name }.map(discoveryJSON)),
+            "discovery": .array(discovery.entries.filter { $0.spec.pool == pool.name }.map {
+                discoveryJSON($0, monotonic: monotonic, wall: wall)
+            }),
             "max_backends": pool.settings.isDiscovered ? .int(pool.settings.discovery.maxBackends) : .null,
         ])
     }
 
     /// One discovery source of a pool: whether it answers, what it lists, and what it held back or ignored.
-    private func discoveryJSON(_ entry: DiscoveryRunner.Entry) -> JSON {
+    private func discoveryJSON(_ entry: DiscoveryRunner.Entry, monotonic: Int64, wall: Int64) -> JSON {
         func time(_ at: Int64?) -> JSON { at.map { .string(Self.iso8601($0)) } ?? .null }
         let r = entry.reconciler
-        let state = entry.staleSince != nil ? "stale" : entry.lastSuccess == nil ? "starting" : "ok"
+        let state = r.stale != nil ? "stale" : entry.lastSuccess == nil ? "starting" : "ok"
+        // Staleness is timed on the monotonic clock: shown on the wall clock.
+        let staleSince = r.stale.map { wall - (monotonic - $0.since) }
         return .object([
             "source": .string(entry.spec.listing), "kind": .string(entry.spec.kindName),
-            "state": .string(state), "since": time(entry.staleSince ?? entry.lastSuccess),
+            "state": .string(state), "since": time(staleSince ?? entry.lastSuccess),
             "error": .optional(entry.lastError), "last_success": time(entry.lastSuccess),
             "last_update": .optional(entry.lastDetail),
             "backends": .int(r.listed.count), "ignored_records": .int(r.ignored),

@@ -80,7 +80,7 @@ extension LiveState {
             ("fulcrum_discovery_backends", .gauge, "Backends the source lists on its pool now.",
              { Double($0.reconciler.listed.count) }),
             ("fulcrum_discovery_stale", .gauge, "1 while the source fails and its pool keeps the last known set.",
-             { $0.staleSince == nil ? 0 : 1 }),
+             { $0.reconciler.stale == nil ? 0 : 1 }),
             ("fulcrum_discovery_updates_total", .counter, "Answers the source gave (complete reads and watch events).",
              { Double($0.updates) }),
             ("fulcrum_discovery_errors_total", .counter, "Failed reads of the source (unreachable, timeout, NXDOMAIN, …).",

@@ -63,7 +63,6 @@ public struct DiscoveryReconciler: Sendable {
             return Outcome()
         case .invalid(let key, let message):
             invalid[key] = message
-            stale = nil
             return Outcome(notes: ["ignored \(key): \(message); its last good value stays"])
         case .snapshot(let entries, _):
             stale = nil
