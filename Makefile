@@ -23,8 +23,8 @@ test: deps-test
 	Tests/leakcheck.sh
 	# Pure and event-loop unit tests first, then the loopback suites (serialized among themselves), so the
 	# CPU-heavy unit tests (the config fuzzer) never run beside the timing-sensitive ones.
-	$(SWIFT) test --skip-build --filter 'FulcrumCoreTests|EventLoopTests'
-	$(SWIFT) test --skip-build --filter 'FulcrumTests\.'
+	SWIFT=$(SWIFT) Tests/run-suite.sh --skip-build --filter 'FulcrumCoreTests|EventLoopTests'
+	SWIFT=$(SWIFT) Tests/run-suite.sh --skip-build --filter 'FulcrumTests\.'
 
 build: deps-test
 	$(SWIFT) build
