@@ -201,7 +201,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
             attachedAt = legs[leg].connected
             counters = record.byteCells
         }
-        relay.attach(upstream: winner.takeSocket(), byteCounters: counters)
+        relay.attach(winner, byteCounters: counters)
     }
 
     private func close(_ ending: Lifecycle.Ending) {
