@@ -201,7 +201,9 @@ final class Worker {
                 continue
             }
             let socket = AcceptingSocket(name: assignment.listener, pool: pool, metrics: assignment.metrics)
-            socket.listener = Listener(base: base, fd: assignment.fd, onAccept: { [unowned self, unowned socket] fd, peer in
+            // Unchecked references (no retain and release per accept): the listener, whose event alone calls
+            // this, belongs to the socket, which belongs to this worker.
+            socket.listener = Listener(base: base, fd: assignment.fd, onAccept: { [unowned(unsafe) self, unowned(unsafe) socket] fd, peer in
                 self.accept(fd, peer: peer, socket: socket)
             }, onError: { [unowned self, unowned socket] pause in
                 self.logger.error("accept failed, pausing accepts", metadata: [
