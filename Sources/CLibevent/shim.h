@@ -37,4 +37,26 @@ static inline int clibevent_accept4(int fd, struct sockaddr *address, socklen_t 
     return accept4(fd, address, length, flags);
 }
 
+// splice, pipe2 and F_SETPIPE_SZ as well, for moving bulk bytes from one socket to another through a pipe
+// without copying them into user space (see Relay+Splice.swift).
+extern ssize_t splice(int fd_in, loff_t *off_in, int fd_out, loff_t *off_out, size_t length, unsigned int flags);
+extern int pipe2(int fds[2], int flags);
+extern int fcntl(int fd, int command, ...);
+
+#define CLIBEVENT_SPLICE_F_MOVE 1
+#define CLIBEVENT_SPLICE_F_NONBLOCK 2
+#define CLIBEVENT_F_SETPIPE_SZ 1031
+
+static inline ssize_t clibevent_splice(int from, int to, size_t length, unsigned int flags) {
+    return splice(from, NULL, to, NULL, length, flags);
+}
+
+static inline int clibevent_pipe2(int fds[2], int flags) {
+    return pipe2(fds, flags);
+}
+
+static inline int clibevent_set_pipe_size(int fd, int bytes) {
+    return fcntl(fd, CLIBEVENT_F_SETPIPE_SZ, bytes);
+}
+
 #endif

@@ -12,6 +12,8 @@ public final class EventBase {
     /// Room for the extents of one queue flush (`writev`), shared the same way.
     let vectors: UnsafeMutablePointer<iovec>
     static let vectorCount = 64
+    /// Pipes for splicing bulk bytes between sockets, shared the same way.
+    let pipes = PipePool()
 
     public init() {
         let config = event_config_new()

@@ -67,6 +67,7 @@ extension Relay {
         let size = eventBase.scratchSize
         lastActivity = eventBase.coarseMicroseconds
         if options.measureLatency { turn(side, now: eventBase.monotonicMicroseconds) }
+        if source.pointee.splicing { return spliceReadable(side) }
         for _ in 0..<Self.readsPerWakeup {
             let filled: Bool
             if destination.pointee.queue != nil && destination.pointee.queued > 0 {
@@ -93,7 +94,13 @@ extension Relay {
                         if code == EINTR { event_active(ioEvent(peer), EV_WRITE, 0) }
                         written = 0
                     }
-                    if written < n { enqueue(peer, scratch + written, n - written) }
+                    if written < n {
+                        enqueue(peer, scratch + written, n - written)
+                    } else if n == size && maySplice(side) {
+                        // A full scratch buffer: bulk. The next reads go through a pipe.
+                        source.pointee.splicing = true
+                        return spliceReadable(side)
+                    }
                     filled = n == size
                 } else if n == 0 {
                     if side == Relay.upstream && !firstByteSeen && upstreamFailed(.closed) { return }
@@ -115,7 +122,7 @@ extension Relay {
     /// Adds a chunk to a metric counter only this thread writes: a relaxed load and store, no locked
     /// instruction.
     @inline(__always)
-    private func count(_ n: Int, _ cell: UnsafeMutablePointer<Atomic<Int>>) {
+    func count(_ n: Int, _ cell: UnsafeMutablePointer<Atomic<Int>>) {
         cell.pointee.store(cell.pointee.load(ordering: .relaxed) &+ n, ordering: .relaxed)
     }
 
@@ -148,7 +155,7 @@ extension Relay {
     }
 
     /// Starts the first-byte timeout, if configured and not already running.
-    private func armFirstByteTimer() {
+    func armFirstByteTimer() {
         guard options.firstByteTimeoutMicroseconds > 0 && !firstByteTimerArmed else { return }
         firstByteTimerArmed = true
         var tv = timevalFrom(microseconds: options.firstByteTimeoutMicroseconds)
@@ -244,10 +251,14 @@ extension Relay {
     func writable(_ side: Int) {
         lastActivity = eventBase.coarseMicroseconds
         let target = sides + side
+        if target.pointee.piped > 0 {
+            if !flushPipe(side) { return }
+            if target.pointee.piped == 0 { releasePipe(side) }
+        }
         if let queue = target.pointee.queue, evbuffer_get_length(queue) > 0 {
             if !flush(side, queue) { return }
         }
-        let remaining = target.pointee.queued
+        let remaining = target.pointee.pending
         let peer = 1 - side
         if remaining == 0 { target.pointee.writeArmed = false }
         if sides[peer].paused && remaining <= options.highWatermark / 2 {
@@ -284,11 +295,11 @@ extension Relay {
     }
 
     /// `side` finished sending: shut the other side's write half once its queue is flushed.
-    private func endOfFile(_ side: Int) {
+    func endOfFile(_ side: Int) {
         if side == Relay.upstream && !sides[Relay.client].eof { upstreamEndedFirst = true }
         sides[side].eof = true
         let peer = 1 - side
-        if sides[peer].queued == 0 { shutdownWrite(peer) }
+        if sides[peer].pending == 0 { shutdownWrite(peer) }
     }
 
     /// Forwards an end-of-file to `side`. When the other direction has already finished too, closing the
@@ -304,7 +315,7 @@ extension Relay {
         shutdown(sides[side].fd, Int32(SHUT_WR))
     }
 
-    private func failed(_ side: Int, _ code: Int32) {
+    func failed(_ side: Int, _ code: Int32) {
         if side == Relay.upstream && !firstByteSeen && upstreamFailed(.reset(code)) { return }
         close(side == Relay.client ? .clientError(code) : .upstreamError(code))
     }

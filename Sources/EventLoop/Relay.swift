@@ -114,14 +114,18 @@ public struct RelayOptions: Sendable {
     public var replayLimit: Int
     /// Fail the backend if it sends nothing this long after the client's first bytes; 0: off.
     public var firstByteTimeoutMicroseconds: Int64
+    /// Move a direction that carries bulk (a read that fills the loop's whole scratch buffer) through a
+    /// pipe with `splice`, without copying its bytes into user space (see Relay+Splice.swift).
+    public var splice: Bool
 
     public init(highWatermark: Int, idleTimeoutMicroseconds: Int64, measureLatency: Bool = false,
-                replayLimit: Int = 0, firstByteTimeoutMicroseconds: Int64 = 0) {
+                replayLimit: Int = 0, firstByteTimeoutMicroseconds: Int64 = 0, splice: Bool = false) {
         self.highWatermark = highWatermark
         self.idleTimeoutMicroseconds = idleTimeoutMicroseconds
         self.measureLatency = measureLatency
         self.replayLimit = replayLimit
         self.firstByteTimeoutMicroseconds = firstByteTimeoutMicroseconds
+        self.splice = splice
     }
 }
 
@@ -216,8 +220,16 @@ public final class Relay {
         /// The socket reported something to read while the relay could not read it (not relaying yet):
         /// read it once relaying starts, as that edge will not be reported again.
         var readReady = false
+        /// Reads from this side go through the other side's pipe (`splice`) rather than the scratch buffer.
+        var splicing = false
+        /// While bytes spliced from the other side are on their way to this side: their pipe, and how many
+        /// wait in it.
+        var pipe: SplicePipe?
+        var piped = 0
 
         var queued: Int { queue.map { evbuffer_get_length($0) } ?? 0 }
+        /// Everything waiting to be written to this socket: queued and piped.
+        var pending: Int { queued + piped }
     }
 
     enum EventSlot: Int, CaseIterable {
@@ -322,7 +334,9 @@ public final class Relay {
         disarmFirstByteTimer()
         Glibc.close(sides[1].fd)
         if let queue = sides[1].queue { evbuffer_free(queue) }
+        releasePipe(Relay.upstream)
         sides[1] = Side()
+        sides[0].splicing = false
         byteCounters = nil
         // The client keeps its end-of-file, if it sent one; its own output queue is empty (nothing came
         // back). If it was paused, its socket may hold bytes whose edge is gone: read it once relaying again.
@@ -354,6 +368,7 @@ public final class Relay {
             sides[i].fd = -1
             if let queue = sides[i].queue { evbuffer_free(queue) }
             sides[i].queue = nil
+            releasePipe(i)
         }
         group?.remove(self)
         let delegate = self.delegate

@@ -74,6 +74,8 @@ enum Plan {
             + "first_byte_timeout \(offOr(r.firstByteTimeout)), on_backend_down \(r.onBackendDown.rawValue), "
             + "panic_threshold \(r.panicThreshold > 0 ? percent(r.panicThreshold) : "off"), "
             + "removed_backend_timeout \(offOr(r.removedBackendTimeout))")
+        lines.append(pool.splice ? "  splice auto (bulk transfers move between the sockets through a pipe, without copying)"
+                                 : "  splice off (always copies)")
         lines += backends(pool.backends, balance: pool.balance)
         return lines
     }

@@ -96,7 +96,9 @@ struct RelayTests {
         return timer
     }
 
-    @Test func bulkBothWaysWithAPausedReaderArrivesWholeAndInOrder() throws {
+    /// Copied, and spliced through a pipe (each direction moves to splicing after its first full read).
+    @Test(arguments: [false, true])
+    func bulkBothWaysWithAPausedReaderArrivesWholeAndInOrder(splice: Bool) throws {
         let base = EventBase()
         let (clientNear, clientFar) = try tcpPair()
         let (upstreamNear, upstreamFar) = try tcpPair()
@@ -107,7 +109,7 @@ struct RelayTests {
         let recorder = Recorder(base: base)
         let group = RelayGroup() // the relay keeps an unowned reference: the group outlives it
         let relay = Relay(base: base, clientFD: clientNear,
-                          options: RelayOptions(highWatermark: 16 << 10, idleTimeoutMicroseconds: 0),
+                          options: RelayOptions(highWatermark: 16 << 10, idleTimeoutMicroseconds: 0, splice: splice),
                           delegate: recorder, group: group)
         relay.attach(upstream: upstreamNear)
         let size = 3 << 20
@@ -160,6 +162,8 @@ struct RelayTests {
         #expect(received["down"] == down)
         #expect(relay.bytesFromClient == size)
         #expect(relay.bytesToClient == size)
+        // Spliced bytes went through the loop's pipes; copied ones never made one.
+        #expect((base.pipes.created > 0) == splice)
         withExtendedLifetime(group) {}
     }
 

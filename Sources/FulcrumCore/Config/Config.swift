@@ -100,6 +100,9 @@ public struct FulcrumConfig: Equatable, Sendable {
         public var queue: Queue
         /// Health checks, circuit breaker, retry budget and replay.
         public var resilience: Resilience
+        /// `splice: auto`: a direction of a connection that carries bulk moves its bytes through a pipe with
+        /// `splice`, without copying them; `splice: off` always copies.
+        public var splice: Bool
 
         public static let defaultConnectTimeout: Duration = .seconds(1)
         public static let defaultIdleTimeout: Duration = .seconds(600)
@@ -108,7 +111,8 @@ public struct FulcrumConfig: Equatable, Sendable {
         public init(name: String, backends: [Backend], balance: BalanceStrategy = .roundRobin,
                     connectTimeout: Duration = Self.defaultConnectTimeout,
                     idleTimeout: Duration = Self.defaultIdleTimeout, retries: Int = Self.defaultRetries,
-                    slowStart: Duration = .zero, queue: Queue = Queue(), resilience: Resilience = Resilience()) {
+                    slowStart: Duration = .zero, queue: Queue = Queue(), resilience: Resilience = Resilience(),
+                    splice: Bool = true) {
             self.name = name
             self.backends = backends
             self.balance = balance
@@ -118,6 +122,7 @@ public struct FulcrumConfig: Equatable, Sendable {
             self.slowStart = slowStart
             self.queue = queue
             self.resilience = resilience
+            self.splice = splice
         }
     }
 

@@ -7,7 +7,7 @@ public enum ConfigLoader {
                           "listeners", "pools"]
     static let listenerKeys = ["name", "listen", "pool", "backlog"]
     static let poolKeys = ["backends", "balance", "connect_timeout", "idle_timeout", "retries", "slow_start", "queue"]
-        + resilienceKeys
+        + resilienceKeys + ["splice"]
     static let backendKeys = ["address", "weight", "backup", "priority", "max_connections", "state"]
     static let queueKeys = ["size", "timeout"]
 
@@ -231,9 +231,23 @@ public enum ConfigLoader {
                      + "\(connectTimeout.configText), so no hedge would ever start",
                      hint: "use a hedge_after below connect_timeout, e.g. 50ms, or remove it")
         }
+        let splice = f["splice"].flatMap { buildSplice($0, f.path("splice"), &r) } ?? true
         return FulcrumConfig.Pool(name: name, backends: backends, balance: balance, connectTimeout: connectTimeout,
                                   idleTimeout: idleTimeout, retries: retries, slowStart: slowStart, queue: queue,
-                                  resilience: resilience)
+                                  resilience: resilience, splice: splice)
+    }
+
+    /// `splice: auto | off`: true for auto.
+    private static func buildSplice(_ node: Node, _ path: String, _ r: inout YAMLReader) -> Bool? {
+        guard let text = r.scalar(node, path, expecting: "auto or off") else { return nil }
+        switch text {
+        case "auto": return true
+        case "off", "false", "no": return false
+        default:
+            r.report(node, path, "'\(text)' is not a splice setting",
+                     hint: "use auto (bulk transfers move between the sockets through a pipe, without copying) or off (always copy)")
+            return nil
+        }
     }
 
     private static func buildBackends(_ node: Node, _ path: String, _ r: inout YAMLReader) -> [FulcrumConfig.Backend] {

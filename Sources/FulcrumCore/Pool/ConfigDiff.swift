@@ -222,6 +222,7 @@ public struct ConfigDiff: Equatable, Sendable {
             ("on_backend_down", r.onBackendDown != s.onBackendDown),
             ("hedge_after", r.hedgeAfter != s.hedgeAfter),
             ("removed_backend_timeout", r.removedBackendTimeout != s.removedBackendTimeout),
+            ("splice", a.splice != b.splice),
         ]
         return differs.filter(\.1).map(\.0)
     }
