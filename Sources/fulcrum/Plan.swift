@@ -32,7 +32,8 @@ enum Plan {
             "",
         ]
         for listener in config.listeners {
-            lines.append("listener \(listener.name): \(listener.address) -> pool \(listener.pool) (backlog \(listener.backlog))")
+            lines.append("listener \(listener.name): \(listener.address) -> pool \(listener.pool) (backlog \(listener.backlog), "
+                + "defer_accept \(listener.deferAccept.map { "\($0.configText): accepted once the client has sent something" } ?? "off"))")
         }
         for pool in config.pools {
             lines.append("")

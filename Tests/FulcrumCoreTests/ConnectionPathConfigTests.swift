@@ -49,4 +49,31 @@ import Testing
         let changes = ConfigDiff(from: running, to: loaded).changes
         #expect(changes.map(\.description) == ["pool app: settings replaced (splice)"])
     }
+
+    @Test func deferAcceptIsOffUnlessAListenerSetsWholeSeconds() throws {
+        #expect(try load(file()).listeners[0].deferAccept == nil)
+        #expect(try load(file(listener: ", defer_accept: off")).listeners[0].deferAccept == nil)
+        let on = try load(file(listener: ", defer_accept: 2s")).listeners[0]
+        #expect(on.deferAccept == .seconds(2))
+        #expect(on.deferAcceptSeconds == 2)
+        #expect(try load(file(listener: ", defer_accept: 10m")).listeners[0].deferAcceptSeconds == 600)
+    }
+
+    @Test func deferAcceptOutsideWholeSecondsFromOneSecondToTenMinutesIsRejected() {
+        let part = diagnostics(file(listener: ", defer_accept: 1500ms"))
+        #expect(part.map(\.line) == [2])
+        #expect(part.first?.keyPath == "listeners[0].defer_accept")
+        #expect(part.first?.message == "'1500ms' is not a whole number of seconds")
+        #expect(part.first?.hint?.contains("or off") == true)
+        #expect(diagnostics(file(listener: ", defer_accept: 0s")).first?.message == "must be greater than zero")
+        #expect(diagnostics(file(listener: ", defer_accept: 11m")).first?.message == "'11m' is too long")
+        #expect(diagnostics(file(listener: ", defer_accept: soon")).first?.message == "'soon' is not a duration")
+    }
+
+    @Test func aReloadThatChangesDeferAcceptIsAListenerChange() throws {
+        let running = try load(file())
+        let loaded = try load(file(listener: ", defer_accept: 1s"))
+        let changes = ConfigDiff(from: running, to: loaded).changes
+        #expect(changes.map(\.description) == ["listener front: defer_accept off -> 1s"])
+    }
 }

@@ -75,15 +75,23 @@ public struct FulcrumConfig: Equatable, Sendable {
         public var address: SocketAddress
         public var pool: String
         public var backlog: Int
+        /// TCP_DEFER_ACCEPT: the kernel hands a connection over only once the client has sent something,
+        /// or after this long (whole seconds); nil: off. Only for protocols in which the client speaks first.
+        public var deferAccept: Duration?
 
         public static let defaultBacklog = 4096
 
-        public init(name: String, address: SocketAddress, pool: String, backlog: Int = Self.defaultBacklog) {
+        public init(name: String, address: SocketAddress, pool: String, backlog: Int = Self.defaultBacklog,
+                    deferAccept: Duration? = nil) {
             self.name = name
             self.address = address
             self.pool = pool
             self.backlog = backlog
+            self.deferAccept = deferAccept
         }
+
+        /// `deferAccept` in the kernel's unit, 0 when off.
+        public var deferAcceptSeconds: Int32 { Int32(clamping: deferAccept?.components.seconds ?? 0) }
     }
 
     public struct Pool: Equatable, Sendable {
