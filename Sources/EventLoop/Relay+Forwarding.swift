@@ -77,7 +77,7 @@ extension Relay {
                 case .stopped: return
                 }
             } else {
-                let n = read(source.pointee.fd, scratch, size)
+                let n = clibevent_read(source.pointee.fd, scratch, size)
                 if n > 0 {
                     source.pointee.bytesRead &+= n
                     if let counters = byteCounters { count(n, counters + side) }
@@ -85,7 +85,7 @@ extension Relay {
                         beforeFirstByte(side, scratch, n)
                         guard state == .relaying else { return }
                     }
-                    var written = send(destination.pointee.fd, scratch, n, Int32(MSG_NOSIGNAL))
+                    var written = clibevent_send(destination.pointee.fd, scratch, n, Int32(MSG_NOSIGNAL))
                     if written < 0 {
                         let code = currentErrno
                         guard code == EAGAIN || code == EINTR else { return failed(peer, code) }
@@ -206,7 +206,7 @@ extension Relay {
             return .stopped
         }
         let limit = min(vector.iov_len, want)
-        let n = read(source.pointee.fd, vector.iov_base, limit)
+        let n = clibevent_read(source.pointee.fd, vector.iov_base, limit)
         if n > 0 {
             vector.iov_len = n
             evbuffer_commit_space(queue, &vector, 1)

@@ -364,7 +364,7 @@ public final class Relay {
         if let replay { evbuffer_free(replay) }
         replay = nil
         for i in 0..<2 {
-            if sides[i].fd >= 0 { Glibc.close(sides[i].fd) }
+            if sides[i].fd >= 0 { _ = clibevent_close(sides[i].fd) }
             sides[i].fd = -1
             if let queue = sides[i].queue { evbuffer_free(queue) }
             sides[i].queue = nil

@@ -70,7 +70,7 @@ public enum Socket {
         setNoDelay(fd)
         var result: Int32 = 0
         repeat {
-            result = endpoint.withSockaddr { Glibc.connect(fd, $0, $1) }
+            result = endpoint.withSockaddr { clibevent_connect(fd, $0, $1) }
         } while result < 0 && currentErrno == EINTR
         if result < 0 && currentErrno != EINPROGRESS {
             let error = ConnectError(errno: currentErrno)
