@@ -158,6 +158,11 @@ extension Relay {
     func armFirstByteTimer() {
         guard options.firstByteTimeoutMicroseconds > 0 && !firstByteTimerArmed else { return }
         firstByteTimerArmed = true
+        if !firstByteTimerAssigned {
+            firstByteTimerAssigned = true
+            event_assign(event(.firstByte), eventBase.base, -1, 0, relayFirstByteCallback,
+                         Unmanaged.passUnretained(self).toOpaque())
+        }
         var tv = timevalFrom(microseconds: options.firstByteTimeoutMicroseconds)
         event_add(event(.firstByte), &tv)
     }

@@ -175,6 +175,7 @@ public final class Relay {
     /// Copy of the client's bytes kept for replay until the first backend byte; nil when not kept.
     var replay: OpaquePointer?
     var firstByteTimerArmed = false
+    var firstByteTimerAssigned = false
     /// Set while a libevent callback for this relay runs, so that closing defers the final release to here.
     var inCallback = false
     var releasePending = false
@@ -256,26 +257,25 @@ public final class Relay {
         self.eventBase = base
         self.options = options
         self.delegate = delegate
-        sides = .allocate(capacity: 2)
+        // The events, then the two sides, in one allocation.
+        let eventBytes = EventSlot.allCases.count * Self.eventSize
+        events = .allocate(byteCount: eventBytes + 2 * MemoryLayout<Side>.stride, alignment: 16)
+        sides = (events + eventBytes).bindMemory(to: Side.self, capacity: 2)
         sides.initialize(repeating: Side(), count: 2)
         sides[0].fd = clientFD
-        let eventBytes = EventSlot.allCases.count * Self.eventSize
-        events = .allocate(byteCount: eventBytes, alignment: 16)
-        events.initializeMemory(as: UInt8.self, repeating: 0, count: eventBytes)
         if options.replayLimit > 0 { replay = evbuffer_new() }
-        // Every slot starts assigned, so deleting one that was never added is a no-op.
+        // Only slots in use are assigned, and only assigned ones are ever deleted: the client's and the idle
+        // timer's now, the first-byte timer's when it is first armed, `.upstreamIO` by `attach(upstream:)`.
         let me = Unmanaged.passUnretained(self).toOpaque()
         event_assign(event(.clientIO), base.base, clientFD, Self.socketEvents, relayClientCallback, me)
-        event_assign(event(.upstreamIO), base.base, -1, 0, relayIdleCallback, me)
         event_assign(event(.idle), base.base, -1, 0, relayIdleCallback, me)
-        event_assign(event(.firstByte), base.base, -1, 0, relayFirstByteCallback, me)
         event_add(event(.clientIO), nil)
         _ = Unmanaged.passRetained(self)
         group.insert(self)
     }
 
     deinit {
-        sides.deallocate()
+        // `sides` lives in the same allocation (and `Side` holds nothing to release).
         events.deallocate()
     }
 
