@@ -30,6 +30,8 @@ public final class Connector {
     private var slowArmed = false
     /// Once its socket is handed over: the relay that the socket's event now reports to.
     fileprivate var relayContext: UnsafeMutableRawPointer?
+    /// When the pending connect times out, on the loop's monotonic clock.
+    private var deadline: Int64 = 0
     /// What the connect's report said besides writable (EV_READ, EV_CLOSED): passed on to the relay, as
     /// the socket will not report it again.
     private var reportedAtConnect: Int32 = 0
@@ -57,8 +59,10 @@ public final class Connector {
     public var isPending: Bool { fd >= 0 }
 
     /// Starts connecting to `endpoint`. Returns the error if the connect failed at once (no callback then
-    /// follows); otherwise `connectorFinished` reports the result, within `timeoutMicroseconds`.
-    public func start(_ endpoint: Endpoint, timeoutMicroseconds: Int64, slowAfterMicroseconds: Int64 = 0) -> ConnectError? {
+    /// follows); otherwise `connectorFinished` reports the result, within `timeoutMicroseconds` counted
+    /// from `startedAt` (the loop's monotonic clock; now when nil).
+    public func start(_ endpoint: Endpoint, timeoutMicroseconds: Int64, slowAfterMicroseconds: Int64 = 0,
+                      startedAt: Int64? = nil) -> ConnectError? {
         precondition(fd < 0, "connector already in use")
         let socketFD: Int32
         do throws(ConnectError) {
@@ -72,6 +76,7 @@ public final class Connector {
         let me = Unmanaged.passUnretained(self).toOpaque()
         event_assign(ioEvent, eventBase.base, socketFD, Relay.socketEvents, connectorIOCallback, me)
         event_add(ioEvent, nil)
+        deadline = (startedAt ?? eventBase.monotonicMicroseconds) + timeoutMicroseconds
         var tv = timevalFrom(microseconds: timeoutMicroseconds)
         event_add(timeoutEvent, &tv)
         if slowAfterMicroseconds > 0 {
@@ -129,6 +134,14 @@ public final class Connector {
 
     func timedOut() {
         guard fd >= 0 else { return }
+        // libevent's timers follow the coarse clock and may fire a few milliseconds early: a connect gets
+        // its whole timeout.
+        let remaining = deadline - eventBase.monotonicMicroseconds
+        if remaining > 0 {
+            var tv = timevalFrom(microseconds: remaining)
+            event_add(timeoutEvent, &tv)
+            return
+        }
         disarmTimers()
         event_del(ioEvent)
         Glibc.close(fd)

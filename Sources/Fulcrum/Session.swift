@@ -179,7 +179,7 @@ final class Session: RelayDelegate, ConnectorDelegate {
         }
         let slowAfter = leg == .primary ? pool.hedgeAfterMicroseconds : 0
         guard let error = connector.start(pool.endpoints[backend], timeoutMicroseconds: pool.connectTimeoutMicroseconds,
-                                          slowAfterMicroseconds: slowAfter) else { return nil }
+                                          slowAfterMicroseconds: slowAfter, startedAt: legs[leg].started) else { return nil }
         connectFailed(leg, backend: backend, error)
         return .connectFailed(leg, Self.failure(error))
     }
