@@ -101,9 +101,9 @@ fi
 measure haproxy 17161 haproxy -db -f "$OUT/haproxy.cfg"
 TARGETS+=(haproxy)
 
-python3 - "$OUT" "$CONNECTIONS" "$REQUESTS" "${TARGETS[@]}" <<'PY' | tee "$OUT/table.md"
+python3 - "$OUT" "$CONNECTIONS" "$REQUESTS" "$CLIENTS" "${TARGETS[@]}" <<'PY' | tee "$OUT/table.md"
 import sys
-out, connections, requests, targets = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+out, connections, requests, clients, targets = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]
 
 def parse(path):
     """strace -c's summary: {syscall: (calls, errors)}."""
@@ -145,6 +145,7 @@ for name in names:
 totals = [f"**{sum(c for c, _ in data[(t, l)].values()) / n:.2f}**" for t, l, n, _ in columns]
 print("| **total** | " + " | ".join(totals) + " |")
 print()
-print(f"{connections:,} connections of one PING each (redis-benchmark -c 10 -k 0), {requests:,} GETs over 50 "
-      "persistent connections (redis-benchmark -c 50); every thread of each proxy traced with strace -c -f.")
+print(f"{connections:,} connections of one PING each (redis-benchmark -c {clients} -k 0), {requests:,} GETs over 50 "
+      "persistent connections (redis-benchmark -c 50); every thread of each proxy traced with strace -c -f. "
+      "`connect` fails with EINPROGRESS by design (non-blocking).")
 PY
