@@ -58,7 +58,7 @@ total() {
 }
 inclusive() { # file, symbol pattern: the largest inclusive count of a function matching it
   callgrind_annotate --inclusive=yes --threshold=100 "$1" >"$1.inclusive.txt" 2>/dev/null
-  awk -v pattern="$2" '$0 ~ pattern { gsub(",", "", $1); if ($1 + 0 > best) best = $1 + 0 } END { print best }' "$1.inclusive.txt"
+  awk -v pattern="$2" '$0 ~ pattern { gsub(",", "", $1); if ($1 + 0 > best) best = $1 + 0 } END { print best + 0 }' "$1.inclusive.txt"
 }
 
 run idle redis-cli -p 17091 ping
@@ -66,7 +66,13 @@ run rpc redis-benchmark -p 17091 -c 50 -n "$REQUESTS" -t get -q
 run conn redis-benchmark -p 17091 -c 10 -n "$CONNECTIONS" -k 0 -t ping_inline -q
 
 idle=$(total "$OUT/idle.out")
-relay=$(inclusive "$OUT/rpc.out" "relayIOCallback")
+# The relay's socket callbacks: the client's, and the upstream's (reached through the connector that
+# registered the socket; relayUpstreamCallback when a socket was attached without one, relayIOCallback in
+# builds before the connector handed its registration over).
+relay=0
+for callback in relayIOCallback relayClientCallback relayUpstreamCallback connectorIOCallback; do
+  relay=$(( relay + $(inclusive "$OUT/rpc.out" "$callback") ))
+done
 rpc=$(total "$OUT/rpc.out")
 conn=$(total "$OUT/conn.out")
 # Each GET is two forwarded chunks: the request one way, the answer the other.

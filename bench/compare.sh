@@ -7,6 +7,7 @@
 #   REPS=5 WORKERS=2 bench/compare.sh  # (ROUNDS is an older name for REPS)
 #   BEFORE_BIN=/path/to/old/fulcrum bench/compare.sh   # also an older build, as `fulcrum_before`
 #   REPS=1 REQUESTS=20000 IPERF_SECONDS=2 bench/compare.sh   # a quick check that everything runs
+#   NOTE="..." bench/compare.sh      # a sentence added to bench/RESULTS.md (e.g. what else ran on the machine)
 #
 # Fulcrum runs twice: `fulcrum` as configured by default (metrics are always on; no access log), and
 # `fulcrum_log` with the access log on (json, to a file), so the access log's cost shows on its own row.
@@ -179,22 +180,24 @@ for rep in $(seq 1 "$REPS"); do
   echo "repetition $rep/$REPS done" >&2
 done
 
-python3 - "$RAW" "$REPS" "$WORKERS" "$(getconf CLK_TCK)" "$REQUESTS" "$CONNECTIONS" "$IPERF_SECONDS" <<'PY'
+python3 - "$RAW" "$REPS" "$WORKERS" "$(getconf CLK_TCK)" "$REQUESTS" "$CONNECTIONS" "$IPERF_SECONDS" "${NOTE:-}" <<'PY'
 import statistics, sys, datetime, subprocess
 raw, reps, workers, hz = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-requests, connections, iperf_seconds = int(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
-throughput, cpu = {}, {}
+requests, connections, iperf_seconds, note = int(sys.argv[5]), int(sys.argv[6]), sys.argv[7], sys.argv[8]
+throughput, cpu, bounds = {}, {}, {}
 for line in list(open(raw))[1:]:
     rep, target, workload, value, operations, ticks = line.rstrip("\n").split("\t")
     if not value:
         continue
     throughput.setdefault((workload, target), []).append(float(value))
     if target != "direct" and float(operations) > 0:
-        seconds = int(ticks) / hz
+        # CPU time is read in clock ticks: each figure is known to within one tick either way.
         if workload.startswith("bulk"):
-            cpu.setdefault((workload, target), []).append(seconds / (float(operations) / 1e9))  # s per GB
+            per = lambda t: t / hz / (float(operations) / 1e9)  # CPU seconds per GB
         else:
-            cpu.setdefault((workload, target), []).append(seconds * 1e6 / float(operations))  # µs per op
+            per = lambda t: t / hz * 1e6 / float(operations)  # µs per operation
+        cpu.setdefault((workload, target), []).append(per(int(ticks)))
+        bounds.setdefault((workload, target), []).append((per(max(0, int(ticks) - 1)), per(int(ticks) + 1)))
 
 WORKLOADS = [("rpc", "RPC, 50 persistent connections", "GET/s", "µs/request"),
              ("rpc_pipelined", "RPC, 50 connections, pipeline 16", "GET/s", "µs/request"),
@@ -219,13 +222,19 @@ def figure(table, key):
     return f"{number(median)} ±{spread:.1f}%" if spread < 10 else f"{number(median)} ±{spread:.0f}%"
 
 def ratio(table, a, b):
-    """Median of a over median of b; `noise` when the repetitions' ranges overlap."""
+    """Median of a over median of b; `noise` when the repetitions' ranges overlap (for CPU, each figure
+    widened by the clock tick it was measured in)."""
     x, y = table.get(a, []), table.get(b, [])
     if not x or not y:
         return "–"
     r = statistics.median(x) / statistics.median(y)
     text = f"{r:.2f}"
-    if len(x) > 1 and len(y) > 1 and min(x) / max(y) <= 1 <= max(x) / min(y):
+    if table is cpu:
+        xl, xh = min(l for l, _ in bounds[a]), max(h for _, h in bounds[a])
+        yl, yh = min(l for l, _ in bounds[b]), max(h for _, h in bounds[b])
+        if yh > 0 and (yl == 0 or xl / yh <= 1 <= xh / yl):
+            text += " noise"
+    elif len(x) > 1 and len(y) > 1 and min(x) / max(y) <= 1 <= max(x) / min(y):
         text += " noise"
     return text
 
@@ -251,7 +260,7 @@ for key, title, _, unit in WORKLOADS:
 variants = [t for t in ("fulcrum_log", "fulcrum_before") if any(k[1] == t for k in throughput)]
 for v in variants:
     what = {"fulcrum_log": "Fulcrum with the access log on (json, to a file)",
-            "fulcrum_before": "the older build (BEFORE_BIN)"}[v]
+            "fulcrum_before": "The older build (BEFORE_BIN)"}[v]
     out += ["", f"{what}, against Fulcrum as configured by default and HAProxy in the same run:", "",
             f"| workload | {v} | {v} / fulcrum | {v} / haproxy | CPU per operation | CPU {v} / fulcrum | CPU {v} / haproxy |",
             "|---|---:|---:|---:|---:|---:|---:|"]
@@ -271,8 +280,10 @@ with open("bench/RESULTS.md", "w") as f:
             f"per proxy, median of {reps} interleaved repetition(s) with the spread (± to the farthest repetition), "
             f"all on 127.0.0.1 of one {cores}-core machine (clients, proxies and backends share the cores). "
             "CPU is the proxy processes' user + system time over the workload (/proc/PID/stat), divided by its "
-            "operations. A ratio marked `noise` is one the repetitions do not separate from 1."
-            + (" With one repetition there is no spread to judge by." if reps < 2 else "") + "\n\n")
+            "operations; it is read in clock ticks, so each CPU figure counts as known to within one tick. "
+            "A ratio marked `noise` is one the repetitions do not separate from 1."
+            + (" With one repetition there is no spread to judge by." if reps < 2 else "")
+            + (f" {note}" if note else "") + "\n\n")
     f.write(table + "\n\n")
     f.write(f"Versions: {versions}.\n")
 PY

@@ -12,6 +12,8 @@
 #   bench/syscalls.sh                             # builds the release binary first
 #   BIN=/path/to/fulcrum bench/syscalls.sh
 #   BEFORE_BIN=/path/to/old/fulcrum bench/syscalls.sh   # also an older build, as `fulcrum_before`
+#   CLIENTS=1 bench/syscalls.sh                   # one connection at a time (no accept queue forms)
+#   DEFER_ACCEPT=1s bench/syscalls.sh             # Fulcrum's listener with defer_accept (BEFORE_BIN without it)
 #
 # The table goes to stdout and to bench/out/syscalls/table.md.
 set -euo pipefail
@@ -31,11 +33,11 @@ for port in 16393 16394; do
 done
 wait_port 16393; wait_port 16394
 
-fulcrum_config() { # port
+fulcrum_config() { # port [defer_accept]
   cat <<YAML
 workers: 1
 listeners:
-  - {name: redis, listen: 127.0.0.1:$1, pool: redis}
+  - {name: redis, listen: 127.0.0.1:$1, pool: redis${2:+, defer_accept: $2}}
 pools:
   redis:
     backends: [127.0.0.1:16393, 127.0.0.1:16394]
@@ -88,7 +90,7 @@ trace() { # target, pid, load name, load command...
   kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
 }
 
-fulcrum_config 17061 >"$OUT/fulcrum.yaml"
+fulcrum_config 17061 "${DEFER_ACCEPT:-}" >"$OUT/fulcrum.yaml"
 measure fulcrum 17061 "$BIN" run --config "$OUT/fulcrum.yaml" --log-level warning
 TARGETS=(fulcrum)
 if [ -n "${BEFORE_BIN:-}" ]; then
@@ -99,9 +101,9 @@ fi
 measure haproxy 17161 haproxy -db -f "$OUT/haproxy.cfg"
 TARGETS+=(haproxy)
 
-python3 - "$OUT" "$CONNECTIONS" "$REQUESTS" "${TARGETS[@]}" <<'PY' | tee "$OUT/table.md"
+python3 - "$OUT" "$CONNECTIONS" "$REQUESTS" "$CLIENTS" "${TARGETS[@]}" <<'PY' | tee "$OUT/table.md"
 import sys
-out, connections, requests, targets = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+out, connections, requests, clients, targets = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]
 
 def parse(path):
     """strace -c's summary: {syscall: (calls, errors)}."""
@@ -143,6 +145,7 @@ for name in names:
 totals = [f"**{sum(c for c, _ in data[(t, l)].values()) / n:.2f}**" for t, l, n, _ in columns]
 print("| **total** | " + " | ".join(totals) + " |")
 print()
-print(f"{connections:,} connections of one PING each (redis-benchmark -c 10 -k 0), {requests:,} GETs over 50 "
-      "persistent connections (redis-benchmark -c 50); every thread of each proxy traced with strace -c -f.")
+print(f"{connections:,} connections of one PING each (redis-benchmark -c {clients} -k 0), {requests:,} GETs over 50 "
+      "persistent connections (redis-benchmark -c 50); every thread of each proxy traced with strace -c -f. "
+      "`connect` fails with EINPROGRESS by design (non-blocking).")
 PY

@@ -9,6 +9,11 @@ public final class EventBase {
     /// which is safe because a loop runs one callback at a time.
     let scratch: UnsafeMutableRawPointer
     let scratchSize = 128 << 10
+    /// Room for the extents of one queue flush (`writev`), shared the same way.
+    let vectors: UnsafeMutablePointer<iovec>
+    static let vectorCount = 64
+    /// Pipes for splicing bulk bytes between sockets, shared the same way.
+    let pipes = PipePool()
 
     public init() {
         let config = event_config_new()
@@ -28,11 +33,14 @@ public final class EventBase {
         event_config_free(config)
         self.base = base
         scratch = UnsafeMutableRawPointer.allocate(byteCount: scratchSize, alignment: 64)
+        vectors = .allocate(capacity: Self.vectorCount)
+        vectors.initialize(repeating: iovec(), count: Self.vectorCount)
     }
 
     deinit {
         event_base_free(base)
         scratch.deallocate()
+        vectors.deallocate()
     }
 
     /// Runs the loop until `exit()` is called or nothing is left to wait for.

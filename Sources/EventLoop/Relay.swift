@@ -114,14 +114,18 @@ public struct RelayOptions: Sendable {
     public var replayLimit: Int
     /// Fail the backend if it sends nothing this long after the client's first bytes; 0: off.
     public var firstByteTimeoutMicroseconds: Int64
+    /// Move a direction that carries bulk (a read that fills the loop's whole scratch buffer) through a
+    /// pipe with `splice`, without copying its bytes into user space (see Relay+Splice.swift).
+    public var splice: Bool
 
     public init(highWatermark: Int, idleTimeoutMicroseconds: Int64, measureLatency: Bool = false,
-                replayLimit: Int = 0, firstByteTimeoutMicroseconds: Int64 = 0) {
+                replayLimit: Int = 0, firstByteTimeoutMicroseconds: Int64 = 0, splice: Bool = false) {
         self.highWatermark = highWatermark
         self.idleTimeoutMicroseconds = idleTimeoutMicroseconds
         self.measureLatency = measureLatency
         self.replayLimit = replayLimit
         self.firstByteTimeoutMicroseconds = firstByteTimeoutMicroseconds
+        self.splice = splice
     }
 }
 
@@ -138,6 +142,15 @@ public struct RelayOptions: Sendable {
 /// resumes once half of that has drained. An end-of-file from one side becomes a write shutdown on the
 /// other after its queue is flushed; the relay closes when both directions are finished or on the first
 /// error.
+///
+/// Each socket is registered with the kernel once, edge-triggered, for reading, writing and the peer's
+/// end-of-file together (the client when the relay is made, the upstream by its `Connector` when the
+/// connect starts), and removed once when the relay closes: four `epoll_ctl` per proxied connection,
+/// whatever the traffic. Pausing, resuming and waiting for room to write change only the relay's own
+/// flags. Edge-triggered readiness is reported once per change, so the relay reads until a read comes
+/// back short (or the socket reported its end-of-file, until that is read too), and whatever it stops
+/// short of (a pause, a turn handed to other connections) it asks for again with `event_active`, which
+/// costs no system call.
 public final class Relay {
     enum State { case idle, relaying, closed }
 
@@ -149,6 +162,9 @@ public final class Relay {
     let sides: UnsafeMutablePointer<Side>
     /// Storage for the relay's libevent events (see `EventSlot`), allocated once.
     let events: UnsafeMutableRawPointer
+    /// The event watching the upstream socket while one is attached: the relay's own `.upstreamIO`, or
+    /// the one its `Connector` registered when the connect started, now reporting to this relay.
+    var upstreamEvent: OpaquePointer?
     var lastActivity: Int64 = 0
     /// When client bytes were forwarded with no answer yet (latency measurement); 0 when not waiting.
     var awaitingSince: Int64 = 0
@@ -159,7 +175,8 @@ public final class Relay {
     /// Copy of the client's bytes kept for replay until the first backend byte; nil when not kept.
     var replay: OpaquePointer?
     var firstByteTimerArmed = false
-    /// Set while a libevent callback for this relay runs, so that closing defers the final release.
+    var firstByteTimerAssigned = false
+    /// Set while a libevent callback for this relay runs, so that closing defers the final release to here.
     var inCallback = false
     var releasePending = false
     unowned(unsafe) var group: RelayGroup?
@@ -178,6 +195,11 @@ public final class Relay {
 
     static let client = 0
     static let upstream = 1
+    /// Reads per wakeup at most while a socket keeps filling the scratch buffer; then other connections
+    /// get their turn and this one continues on the loop's next pass.
+    static let readsPerWakeup = 4
+    /// What every socket is registered for, once.
+    static let socketEvents = Int16(EV_READ | EV_WRITE | EV_CLOSED | EV_ET | EV_PERSIST)
 
     /// One socket of the pair.
     struct Side {
@@ -191,13 +213,28 @@ public final class Relay {
         var eof = false
         /// This side's write half was shut down after the other side's end-of-file was flushed.
         var writeShut = false
+        /// Bytes are queued for this side: its next writable edge flushes them.
         var writeArmed = false
+        /// The socket reported that its peer's end-of-file has arrived (EV_CLOSED): a short read is not
+        /// the end of what there is to read, the end-of-file itself still is.
+        var finReceived = false
+        /// The socket reported something to read while the relay could not read it (not relaying yet):
+        /// read it once relaying starts, as that edge will not be reported again.
+        var readReady = false
+        /// Reads from this side go through the other side's pipe (`splice`) rather than the scratch buffer.
+        var splicing = false
+        /// While bytes spliced from the other side are on their way to this side: their pipe, and how many
+        /// wait in it.
+        var pipe: SplicePipe?
+        var piped = 0
 
         var queued: Int { queue.map { evbuffer_get_length($0) } ?? 0 }
+        /// Everything waiting to be written to this socket: queued and piped.
+        var pending: Int { queued + piped }
     }
 
     enum EventSlot: Int, CaseIterable {
-        case clientRead, clientWrite, upstreamRead, upstreamWrite, idle, firstByte
+        case clientIO, upstreamIO, idle, firstByte
     }
 
     static let eventSize = event_get_struct_event_size()
@@ -207,46 +244,66 @@ public final class Relay {
         OpaquePointer(events + slot.rawValue * Self.eventSize)
     }
 
+    /// The event watching `side`'s socket; only while relaying for the upstream.
     @inline(__always)
-    func readEvent(_ side: Int) -> OpaquePointer { event(side == Self.client ? .clientRead : .upstreamRead) }
-
-    @inline(__always)
-    func writeEvent(_ side: Int) -> OpaquePointer { event(side == Self.client ? .clientWrite : .upstreamWrite) }
+    func ioEvent(_ side: Int) -> OpaquePointer { side == Self.client ? event(.clientIO) : upstreamEvent! }
 
     /// Wraps an accepted, non-blocking client socket; the relay owns and eventually closes it. The socket
-    /// comes with TCP_NODELAY from its listening socket (see `Listener`).
+    /// comes with TCP_NODELAY from its listening socket (see `Listener`), and is registered at once, so
+    /// that bytes the client sends while its backend is being picked and connected are known to be there
+    /// when relaying starts.
     public init(base: EventBase, clientFD: Int32, options: RelayOptions, delegate: any RelayDelegate,
                 group: RelayGroup) {
         self.eventBase = base
         self.options = options
         self.delegate = delegate
-        sides = .allocate(capacity: 2)
+        // The events, then the two sides, in one allocation.
+        let eventBytes = EventSlot.allCases.count * Self.eventSize
+        events = .allocate(byteCount: eventBytes + 2 * MemoryLayout<Side>.stride, alignment: 16)
+        sides = (events + eventBytes).bindMemory(to: Side.self, capacity: 2)
         sides.initialize(repeating: Side(), count: 2)
         sides[0].fd = clientFD
-        let eventBytes = EventSlot.allCases.count * Self.eventSize
-        events = .allocate(byteCount: eventBytes, alignment: 16)
-        events.initializeMemory(as: UInt8.self, repeating: 0, count: eventBytes)
         if options.replayLimit > 0 { replay = evbuffer_new() }
-        // Every slot starts assigned (as an unarmed timer), so deleting one that was never used is a no-op.
+        // Only slots in use are assigned, and only assigned ones are ever deleted: the client's and the idle
+        // timer's now, the first-byte timer's when it is first armed, `.upstreamIO` by `attach(upstream:)`.
         let me = Unmanaged.passUnretained(self).toOpaque()
-        for slot in EventSlot.allCases {
-            event_assign(event(slot), base.base, -1, 0, relayIdleCallback, me)
-        }
+        event_assign(event(.clientIO), base.base, clientFD, Self.socketEvents, relayClientCallback, me)
+        event_assign(event(.idle), base.base, -1, 0, relayIdleCallback, me)
+        event_add(event(.clientIO), nil)
         _ = Unmanaged.passRetained(self)
         group.insert(self)
     }
 
     deinit {
-        sides.deallocate()
+        // `sides` lives in the same allocation (and `Side` holds nothing to release).
         events.deallocate()
     }
 
-    /// Starts relaying between the client and `upstreamFD`, a connected non-blocking socket the relay
-    /// now owns. Kept client bytes from an earlier upstream (a replay) are sent first. `byteCounters`: two
-    /// cells (from client, to client) that the relay adds each chunk to while this upstream is attached.
+    /// Starts relaying between the client and the socket `connector` connected, which the relay now owns
+    /// together with the connector's registration of it (no system call). Kept client bytes from an
+    /// earlier upstream (a replay) are sent first. `byteCounters`: two cells (from client, to client) that
+    /// the relay adds each chunk to while this upstream is attached. The connector must stay alive, and
+    /// unused, until the relay closes or detaches the upstream.
+    public func attach(_ connector: Connector, byteCounters: UnsafeMutablePointer<Atomic<Int>>? = nil) {
+        precondition(state == .idle, "attach while \(state)")
+        let handed = connector.handOver(to: self)
+        sides[1].fd = handed.fd
+        sides[1].readReady = handed.reported != 0
+        sides[1].finReceived = handed.reported & EV_CLOSED != 0
+        upstreamEvent = handed.event
+        self.byteCounters = byteCounters
+        established()
+    }
+
+    /// Starts relaying between the client and `upstreamFD`, a connected non-blocking socket the relay now
+    /// owns and registers itself.
     public func attach(upstream upstreamFD: Int32, byteCounters: UnsafeMutablePointer<Atomic<Int>>? = nil) {
         precondition(state == .idle, "attach while \(state)")
         sides[1].fd = upstreamFD
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        event_assign(event(.upstreamIO), eventBase.base, upstreamFD, Self.socketEvents, relayUpstreamCallback, me)
+        event_add(event(.upstreamIO), nil)
+        upstreamEvent = event(.upstreamIO)
         self.byteCounters = byteCounters
         established()
     }
@@ -269,15 +326,21 @@ public final class Relay {
     public var clientFinished: Bool { sides[Relay.upstream].writeShut }
 
     /// Drops an established upstream that failed before answering, keeping the client and its kept bytes,
-    /// so that `attach` can hand it another one.
+    /// so that `attach` can hand it another one. The client stays registered.
     func detachUpstream() {
-        for slot in EventSlot.allCases { event_del(event(slot)) }
-        firstByteTimerArmed = false
+        if let upstreamEvent { event_del(upstreamEvent) }
+        upstreamEvent = nil
+        event_del(event(.idle))
+        disarmFirstByteTimer()
         Glibc.close(sides[1].fd)
         if let queue = sides[1].queue { evbuffer_free(queue) }
+        releasePipe(Relay.upstream)
         sides[1] = Side()
+        sides[0].splicing = false
         byteCounters = nil
-        // The client keeps its end-of-file, if it sent one; its own output queue is empty (nothing came back).
+        // The client keeps its end-of-file, if it sent one; its own output queue is empty (nothing came
+        // back). If it was paused, its socket may hold bytes whose edge is gone: read it once relaying again.
+        if sides[0].paused && !sides[0].eof { sides[0].readReady = true }
         sides[0].paused = false
         sides[0].writeArmed = false
         sides[0].writeShut = false
@@ -291,15 +354,21 @@ public final class Relay {
         guard state != .closed else { return false }
         let wasRelaying = state == .relaying
         state = .closed
-        if wasRelaying {
-            for slot in EventSlot.allCases { event_del(event(slot)) }
-        }
+        // Deregistered before the sockets close, so that each removal succeeds (and a descriptor number
+        // the next connection reuses is not touched).
+        event_del(event(.clientIO))
+        if let upstreamEvent { event_del(upstreamEvent) }
+        upstreamEvent = nil
+        if wasRelaying { event_del(event(.idle)) }
+        disarmFirstByteTimer()
         if let replay { evbuffer_free(replay) }
         replay = nil
         for i in 0..<2 {
-            if sides[i].fd >= 0 { Glibc.close(sides[i].fd) }
+            if sides[i].fd >= 0 { _ = clibevent_close(sides[i].fd) }
+            sides[i].fd = -1
             if let queue = sides[i].queue { evbuffer_free(queue) }
             sides[i].queue = nil
+            releasePipe(i)
         }
         group?.remove(self)
         let delegate = self.delegate

@@ -12,8 +12,11 @@ public enum Socket {
     /// only after the bind, so the process's other sockets can join it. Linux checks SO_REUSEPORT
     /// conflicts at bind time and forms the group at `listen`, so there is no window in which another
     /// process could slip in.
+    ///
+    /// `deferAcceptSeconds` above 0 sets TCP_DEFER_ACCEPT before `listen`, so that no connection can slip
+    /// into the accept queue without it.
     public static func listen(_ endpoint: Endpoint, reusePort: Bool, claim: Bool = false,
-                              backlog: Int32) throws(SystemError) -> Int32 {
+                              backlog: Int32, deferAcceptSeconds: Int32 = 0) throws(SystemError) -> Int32 {
         let fd = try syscall("socket") { socket(endpoint.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
         do throws(SystemError) {
             try setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
@@ -22,6 +25,7 @@ public enum Socket {
             let bound = endpoint.withSockaddr { addr, len in bind(fd, addr, len) }
             if bound < 0 { throw SystemError("bind \(endpoint)", errno: currentErrno) }
             if reusePort && claim { try setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1) }
+            if deferAcceptSeconds > 0 { try setDeferAccept(fd, seconds: deferAcceptSeconds) }
             try syscall("listen \(endpoint)") { Glibc.listen(fd, backlog) }
         } catch {
             Glibc.close(fd)
@@ -47,6 +51,12 @@ public enum Socket {
         return Endpoint(storage: storage, length: length)
     }
 
+    /// TCP_DEFER_ACCEPT on a listening socket: the kernel hands a connection over only once the client has
+    /// sent something, or after `seconds` (rounded up to its SYN-ACK retransmission schedule); 0 turns it off.
+    public static func setDeferAccept(_ fd: Int32, seconds: Int32) throws(SystemError) {
+        try setOption(fd, Int32(IPPROTO_TCP), TCP_DEFER_ACCEPT, seconds)
+    }
+
     /// Small RPC messages go out at once rather than waiting for Nagle's algorithm.
     static func setNoDelay(_ fd: Int32) {
         try? setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
@@ -60,7 +70,7 @@ public enum Socket {
         setNoDelay(fd)
         var result: Int32 = 0
         repeat {
-            result = endpoint.withSockaddr { Glibc.connect(fd, $0, $1) }
+            result = endpoint.withSockaddr { clibevent_connect(fd, $0, $1) }
         } while result < 0 && currentErrno == EINTR
         if result < 0 && currentErrno != EINPROGRESS {
             let error = ConnectError(errno: currentErrno)

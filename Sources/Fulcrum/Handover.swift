@@ -118,7 +118,7 @@ public enum Handover {
         do throws(SystemError) {
             for index in 0..<count {
                 let fd = try Socket.listen(endpoint, reusePort: true, claim: joining == nil && index == 0,
-                                           backlog: Int32(listener.backlog))
+                                           backlog: Int32(listener.backlog), deferAcceptSeconds: listener.deferAcceptSeconds)
                 fds.append(fd)
                 if endpoint.port == 0 { endpoint = try Socket.localEndpoint(fd) }
             }

@@ -384,7 +384,8 @@ final class LiveState {
         var fds: [Int32] = []
         do throws(SystemError) {
             for index in 0..<workers {
-                let fd = try Socket.listen(endpoint, reusePort: true, claim: index == 0, backlog: Int32(listener.backlog))
+                let fd = try Socket.listen(endpoint, reusePort: true, claim: index == 0, backlog: Int32(listener.backlog),
+                                           deferAcceptSeconds: listener.deferAcceptSeconds)
                 fds.append(fd)
                 if endpoint.port == 0 { endpoint = try Socket.localEndpoint(fd) }
             }
@@ -427,7 +428,8 @@ final class LiveState {
                 pool = index
             }
             return Handover.share(sockets.fds, worker: worker, workers: workers).map {
-                ListenerAssignment(fd: $0, listener: listener.name, pool: pool, metrics: sockets.metrics)
+                ListenerAssignment(fd: $0, listener: listener.name, pool: pool, metrics: sockets.metrics,
+                                   deferAcceptSeconds: listener.deferAcceptSeconds)
             }
         }
     }

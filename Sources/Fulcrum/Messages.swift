@@ -26,6 +26,8 @@ struct ListenerAssignment: Sendable {
     var pool: Int
     /// The listener's connection counters (the worker writes its own cells).
     var metrics: ListenerMetrics
+    /// The listener's `defer_accept` in seconds, 0 when off: the worker sets it on the socket.
+    var deferAcceptSeconds: Int32 = 0
 }
 
 /// What a worker tells the main loop, through the engine's mailbox.

@@ -146,7 +146,8 @@ final class PoolRuntime {
         relayOptions = RelayOptions(highWatermark: bufferSize, idleTimeoutMicroseconds: config.idleTimeout.microseconds,
                                     measureLatency: strategy.measuresLatency,
                                     replayLimit: config.resilience.replayMaxBytes ?? 0,
-                                    firstByteTimeoutMicroseconds: config.resilience.firstByteTimeout?.microseconds ?? 0)
+                                    firstByteTimeoutMicroseconds: config.resilience.firstByteTimeout?.microseconds ?? 0,
+                                    splice: config.splice)
         connectTimeoutMicroseconds = config.connectTimeout.microseconds
         maxAttempts = config.retries + 1
         hedgeAfterMicroseconds = config.resilience.hedgeAfter?.microseconds ?? 0

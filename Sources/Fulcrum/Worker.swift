@@ -53,6 +53,8 @@ final class AcceptingSocket {
     var name: String
     var pool: PoolRuntime
     var metrics: ListenerMetrics
+    /// The TCP_DEFER_ACCEPT seconds set on the socket (-1: not set by this process yet).
+    var deferAcceptSeconds: Int32 = -1
 
     init(name: String, pool: PoolRuntime, metrics: ListenerMetrics) {
         self.name = name
@@ -194,6 +196,7 @@ final class Worker {
                 socket.name = assignment.listener
                 socket.pool = pool
                 socket.metrics = assignment.metrics
+                applyDeferAccept(assignment, to: socket)
                 continue
             }
             if draining {
@@ -201,7 +204,12 @@ final class Worker {
                 continue
             }
             let socket = AcceptingSocket(name: assignment.listener, pool: pool, metrics: assignment.metrics)
-            socket.listener = Listener(base: base, fd: assignment.fd, onAccept: { [unowned self, unowned socket] fd, peer in
+            // Set (or cleared) on every socket this worker starts on: a socket bound by this process has it from
+            // before its `listen` already, but one taken over from an older process may come with another value.
+            applyDeferAccept(assignment, to: socket)
+            // Unchecked references (no retain and release per accept): the listener, whose event alone calls
+            // this, belongs to the socket, which belongs to this worker.
+            socket.listener = Listener(base: base, fd: assignment.fd, onAccept: { [unowned(unsafe) self, unowned(unsafe) socket] fd, peer in
                 self.accept(fd, peer: peer, socket: socket)
             }, onError: { [unowned self, unowned socket] pause in
                 self.logger.error("accept failed, pausing accepts", metadata: [
@@ -211,6 +219,19 @@ final class Worker {
                 ])
             })
             sockets[assignment.fd] = socket
+        }
+    }
+
+    /// Sets the listener's `defer_accept` on its socket when it differs from what the socket has.
+    private func applyDeferAccept(_ assignment: ListenerAssignment, to socket: AcceptingSocket) {
+        guard socket.deferAcceptSeconds != assignment.deferAcceptSeconds else { return }
+        do throws(SystemError) {
+            try Socket.setDeferAccept(assignment.fd, seconds: assignment.deferAcceptSeconds)
+            socket.deferAcceptSeconds = assignment.deferAcceptSeconds
+        } catch {
+            logger.warning("could not set defer_accept on a listening socket; it accepts without it", metadata: [
+                "listener": "\(assignment.listener)", "error": "\(error)",
+            ])
         }
     }
 

@@ -35,7 +35,8 @@ enum Plan {
             "",
         ]
         for listener in config.listeners {
-            lines.append("listener \(listener.name): \(listener.address) -> pool \(listener.pool) (backlog \(listener.backlog))")
+            lines.append("listener \(listener.name): \(listener.address) -> pool \(listener.pool) (backlog \(listener.backlog), "
+                + "defer_accept \(listener.deferAccept.map { "\($0.configText): accepted once the client has sent something" } ?? "off"))")
         }
         for pool in config.pools {
             lines.append("")
@@ -77,6 +78,8 @@ enum Plan {
             + "first_byte_timeout \(offOr(r.firstByteTimeout)), on_backend_down \(r.onBackendDown.rawValue), "
             + "panic_threshold \(r.panicThreshold > 0 ? percent(r.panicThreshold) : "off"), "
             + "removed_backend_timeout \(offOr(r.removedBackendTimeout))")
+        lines.append(pool.splice ? "  splice auto (bulk transfers move between the sockets through a pipe, without copying)"
+                                 : "  splice off (always copies)")
         lines += backends(pool.backends, balance: pool.balance, discovered: pool.isDiscovered)
         for name in pool.names {
             var line = "  \(name.name)  weight \(name.weight)  (discovered: every address the name resolves to, "

@@ -77,15 +77,23 @@ public struct FulcrumConfig: Equatable, Sendable {
         public var address: SocketAddress
         public var pool: String
         public var backlog: Int
+        /// TCP_DEFER_ACCEPT: the kernel hands a connection over only once the client has sent something,
+        /// or after this long (whole seconds); nil: off. Only for protocols in which the client speaks first.
+        public var deferAccept: Duration?
 
         public static let defaultBacklog = 4096
 
-        public init(name: String, address: SocketAddress, pool: String, backlog: Int = Self.defaultBacklog) {
+        public init(name: String, address: SocketAddress, pool: String, backlog: Int = Self.defaultBacklog,
+                    deferAccept: Duration? = nil) {
             self.name = name
             self.address = address
             self.pool = pool
             self.backlog = backlog
+            self.deferAccept = deferAccept
         }
+
+        /// `deferAccept` in the kernel's unit, 0 when off.
+        public var deferAcceptSeconds: Int32 { Int32(clamping: deferAccept?.components.seconds ?? 0) }
     }
 
     public struct Pool: Equatable, Sendable {
@@ -102,6 +110,9 @@ public struct FulcrumConfig: Equatable, Sendable {
         public var queue: Queue
         /// Health checks, circuit breaker, retry budget and replay.
         public var resilience: Resilience
+        /// `splice: auto`: a direction of a connection that carries bulk moves its bytes through a pipe with
+        /// `splice`, without copying them; `splice: off` always copies.
+        public var splice: Bool
         /// `backends:` entries named by host name, each resolved to every address of the name.
         public var names: [NamedBackend] = []
         /// Where the pool finds more backends than it lists, and the cap on them.
@@ -117,7 +128,8 @@ public struct FulcrumConfig: Equatable, Sendable {
         public init(name: String, backends: [Backend], balance: BalanceStrategy = .roundRobin,
                     connectTimeout: Duration = Self.defaultConnectTimeout,
                     idleTimeout: Duration = Self.defaultIdleTimeout, retries: Int = Self.defaultRetries,
-                    slowStart: Duration = .zero, queue: Queue = Queue(), resilience: Resilience = Resilience()) {
+                    slowStart: Duration = .zero, queue: Queue = Queue(), resilience: Resilience = Resilience(),
+                    splice: Bool = true) {
             self.name = name
             self.backends = backends
             self.balance = balance
@@ -127,6 +139,7 @@ public struct FulcrumConfig: Equatable, Sendable {
             self.slowStart = slowStart
             self.queue = queue
             self.resilience = resilience
+            self.splice = splice
         }
     }
 

@@ -29,6 +29,8 @@ public enum ConfigLimits {
     public static let bufferSize: ClosedRange<Int> = 4096...(64 << 20)
     /// The kernel caps it further at `net.core.somaxconn`.
     public static let backlog: ClosedRange<Int> = 1...65535
+    /// A listener's `defer_accept`, in whole seconds (the kernel's unit for TCP_DEFER_ACCEPT).
+    public static let deferAccept: ClosedRange<Duration> = .seconds(1)...(.seconds(600))
     public static let retries: ClosedRange<Int> = 0...100
     /// Clients waiting per worker; 0 closes them at once.
     public static let queueSize: ClosedRange<Int> = 0...1_000_000

@@ -5,9 +5,9 @@ import Yams
 public enum ConfigLoader {
     static let topKeys = ["workers", "drain_timeout", "buffer_size", "pid_file", "upgrade_socket", "admin", "access_log",
                           "dns", "listeners", "pools"]
-    static let listenerKeys = ["name", "listen", "pool", "backlog"]
+    static let listenerKeys = ["name", "listen", "pool", "backlog", "defer_accept"]
     static let poolKeys = ["backends", "balance", "connect_timeout", "idle_timeout", "retries", "slow_start", "queue",
-                           "discovery"] + resilienceKeys
+                           "discovery"] + resilienceKeys + ["splice"]
     static let backendKeys = ["address", "weight", "backup", "priority", "max_connections", "state"]
     static let queueKeys = ["size", "timeout"]
 
@@ -135,6 +135,7 @@ public enum ConfigLoader {
             let poolName = required(f, "pool", &r) { r, n in r.scalar(n, f.path("pool"), expecting: "a pool name") }
             let backlog = f["backlog"].flatMap { r.integer($0, f.path("backlog"), in: ConfigLimits.backlog) }
                 ?? FulcrumConfig.Listener.defaultBacklog
+            let deferAccept = f["defer_accept"].flatMap { buildDeferAccept($0, f.path("defer_accept"), &r) }
 
             if let name, let line = namesSeen[name] {
                 r.report(f["name"], f.path("name"), "listener name '\(name)' is already used on line \(line)",
@@ -168,7 +169,8 @@ public enum ConfigLoader {
                              : "define it under 'pools:' or use one of: \(defined.joined(separator: ", "))")
             }
             if let name, let address, let poolName {
-                listeners.append(.init(name: name, address: address, pool: poolName, backlog: backlog))
+                listeners.append(.init(name: name, address: address, pool: poolName, backlog: backlog,
+                                       deferAccept: deferAccept))
             }
         }
         return listeners
@@ -235,12 +237,39 @@ public enum ConfigLoader {
                      + "\(connectTimeout.configText), so no hedge would ever start",
                      hint: "use a hedge_after below connect_timeout, e.g. 50ms, or remove it")
         }
+        let splice = f["splice"].flatMap { buildSplice($0, f.path("splice"), &r) } ?? true
         var pool = FulcrumConfig.Pool(name: name, backends: backends, balance: balance, connectTimeout: connectTimeout,
                                       idleTimeout: idleTimeout, retries: retries, slowStart: slowStart, queue: queue,
-                                      resilience: resilience)
+                                      resilience: resilience, splice: splice)
         pool.names = names
         pool.discovery = discovery
         return pool
+    }
+
+    /// `defer_accept: off | <whole seconds>`: nil for off.
+    private static func buildDeferAccept(_ node: Node, _ path: String, _ r: inout YAMLReader) -> Duration? {
+        if case .scalar(let scalar) = node, ["off", "false", "no"].contains(scalar.string) { return nil }
+        guard let value = r.duration(node, path, in: ConfigLimits.deferAccept) else { return nil }
+        guard value.components.attoseconds == 0 else {
+            r.report(node, path, "'\(value.configText)' is not a whole number of seconds",
+                     hint: "the kernel counts TCP_DEFER_ACCEPT in seconds: use \(ConfigLimits.deferAccept.configText) "
+                         + "in whole seconds, e.g. 1s, or off")
+            return nil
+        }
+        return value
+    }
+
+    /// `splice: auto | off`: true for auto.
+    private static func buildSplice(_ node: Node, _ path: String, _ r: inout YAMLReader) -> Bool? {
+        guard let text = r.scalar(node, path, expecting: "auto or off") else { return nil }
+        switch text {
+        case "auto": return true
+        case "off", "false", "no": return false
+        default:
+            r.report(node, path, "'\(text)' is not a splice setting",
+                     hint: "use auto (bulk transfers move between the sockets through a pipe, without copying) or off (always copy)")
+            return nil
+        }
     }
 
     /// The static backends (IP literals) and the host-name entries, each resolved later to its addresses.

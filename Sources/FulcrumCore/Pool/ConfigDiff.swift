@@ -54,7 +54,7 @@ public struct ConfigDiff: Equatable, Sendable {
         case listenerRemoved(FulcrumConfig.Listener)
         /// New connections go to the pool `to`; connections already open stay where they are.
         case listenerMoved(name: String, from: String, to: String)
-        /// `keys` names what changed: `listen` (the address), `backlog`.
+        /// `keys` names what changed: `listen` (the address), `backlog`, `defer_accept`.
         case listenerChanged(name: String, keys: [String], from: FulcrumConfig.Listener, to: FulcrumConfig.Listener)
 
         /// One line for the log and `fulcrum check`.
@@ -92,7 +92,12 @@ public struct ConfigDiff: Equatable, Sendable {
                 return "listener \(name): pool \(from) -> \(to) for new connections"
             case let .listenerChanged(name, keys, from, to):
                 let parts = keys.map { key in
-                    key == "listen" ? "listen \(from.address) -> \(to.address)" : "backlog \(from.backlog) -> \(to.backlog)"
+                    switch key {
+                    case "listen": return "listen \(from.address) -> \(to.address)"
+                    case "backlog": return "backlog \(from.backlog) -> \(to.backlog)"
+                    default:
+                        return "defer_accept \(from.deferAccept?.configText ?? "off") -> \(to.deferAccept?.configText ?? "off")"
+                    }
                 }
                 return "listener \(name): \(parts.joined(separator: ", "))"
             }
@@ -224,6 +229,7 @@ public struct ConfigDiff: Equatable, Sendable {
             ("removed_backend_timeout", r.removedBackendTimeout != s.removedBackendTimeout),
             ("backends (host names)", a.names != b.names),
             ("discovery", a.discovery != b.discovery),
+            ("splice", a.splice != b.splice),
         ]
         return differs.filter(\.1).map(\.0)
     }
@@ -252,6 +258,7 @@ public struct ConfigDiff: Equatable, Sendable {
             var keys: [String] = []
             if before.address != listener.address { keys.append("listen") }
             if before.backlog != listener.backlog { keys.append("backlog") }
+            if before.deferAccept != listener.deferAccept { keys.append("defer_accept") }
             if !keys.isEmpty {
                 changes.append(.listenerChanged(name: listener.name, keys: keys, from: before, to: listener))
             }
