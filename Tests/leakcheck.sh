@@ -69,7 +69,7 @@ pools:
     retry_budget: {ratio: 100%}
   limited:
     backends: [{address: 127.0.0.1:$ECHO_PORT, max_connections: 1}]
-    queue: {size: 4, timeout: 300ms}
+    queue: {size: 4, timeout: 3s}
 YAML
 valgrind --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
   --error-exitcode=99 --suppressions=Tests/valgrind-swift.supp --log-file="$OUT/valgrind.log" \

@@ -158,6 +158,7 @@ public final class PersistentClient: @unchecked Sendable {
     private var failure: String?
     private var stopped = false
     private let done = DispatchSemaphore(value: 0)
+    private let first = DispatchSemaphore(value: 0)
 
     /// `pause` paces the requests (seconds between an answer and the next request).
     public init(port: UInt16, limit: Int = 100_000, timeout: Double = 5, pause: Double = 0.005) throws {
@@ -171,14 +172,28 @@ public final class PersistentClient: @unchecked Sendable {
                     let line = try socket.receiveLine()
                     guard line.hasSuffix("long \(i)") else { throw TestSocketError("wrong answer: \(line)", errno: 0) }
                     lock.withLock { backends.append(String(line.prefix { $0 != ":" })) }
+                    if i == 0 { first.signal() }
                     if pause > 0 { Thread.sleep(forTimeInterval: pause) }
                 } catch {
                     lock.withLock { failure = "request \(i): \(error)" }
+                    if i == 0 { first.signal() }
                     break
                 }
             }
             socket.close()
             done.signal()
+        }
+    }
+
+    /// Waits for the first answer and returns the backend that gave it.
+    public func firstAnswer(timeout: Double = 10) throws -> String {
+        guard first.wait(timeout: .now() + timeout) == .success else {
+            throw TestSocketError("no first answer within \(timeout)s", errno: 0)
+        }
+        first.signal()
+        return try lock.withLock {
+            guard let backend = backends.first else { throw TestSocketError(failure ?? "no answer", errno: 0) }
+            return backend
         }
     }
 

@@ -57,8 +57,16 @@ extension Integration {
             // Round robin per worker (two workers): about half each.
             #expect(answers["a", default: 0] >= 7 && answers["b", default: 0] >= 7 && answers["failed"] == nil, "\(answers)")
 
-            // A weight change under a long-lived connection: applied, and the connection carries on.
-            let long = try PersistentClient(port: port, pause: 0.01)
+            // A weight change under a long-lived connection to a (b dies below): applied, and the connection
+            // carries on.
+            var onB: [PersistentClient] = []
+            var onA: PersistentClient?
+            while onA == nil && onB.count < 10 {
+                let client = try PersistentClient(port: port, pause: 0.01)
+                if try client.firstAnswer() == "a" { onA = client } else { onB.append(client) }
+            }
+            for client in onB { _ = client.stop() }
+            let long = try #require(onA, "no connection of ten went to a")
             _ = try etcd.put(Self.prefix + "127.0.0.1:\(a.port)", record(a.port, weight: 3))
             let status = try statusWhen(admin) {
                 (AdminClient.backend($0, pool: "app", "127.0.0.1:\(a.port)")?["weight"] as? [String: Any])?["value"] as? Int == 3
