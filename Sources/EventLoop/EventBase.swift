@@ -14,6 +14,8 @@ public final class EventBase {
     static let vectorCount = 64
     /// Pipes for splicing bulk bytes between sockets, shared the same way.
     let pipes = PipePool()
+    /// Callbacks one pass of the loop runs at most before it polls the sockets and timers again.
+    static let callbacksPerPass: Int32 = 64
 
     public init() {
         let config = event_config_new()
@@ -27,6 +29,12 @@ public final class EventBase {
         // precision, and it reads them from `monotonicMicroseconds`. A timer may therefore fire up to one
         // coarse step before a deadline computed from the precise clock: every handler of a deadline
         // (idle, queue, ejection) re-arms for what remains.
+        // A relay that still has bytes after its reads of one wakeup makes its event active again (an
+        // edge-triggered socket reports nothing new). libevent runs its active events until none is left
+        // before it polls again, so a stream that never runs dry would keep the loop from new connections,
+        // other sockets and timers: at most `callbacksPerPass` callbacks run before it polls (without
+        // waiting) and fires due timers, and the rest run after them.
+        event_config_set_max_dispatch_interval(config, nil, Self.callbacksPerPass, 0)
         guard let base = event_base_new_with_config(config) else {
             fatalError("libevent could not create an event base")
         }

@@ -39,7 +39,8 @@ public final class Listener {
         self.fd = fd
         self.onAccept = onAccept
         self.onError = onError
-        // Set here rather than where the socket is made: a socket taken over from an older process has it too.
+        // Set where the socket is made too (before `listen`); again here for a socket taken over from an
+        // older process. Connections already queued keep what the socket had when they arrived.
         Socket.setNoDelay(fd)
         event = event_new(base.base, fd, Int16(EV_READ | EV_PERSIST), { _, _, context in
             Unmanaged<Listener>.fromOpaque(context!)._withUnsafeGuaranteedRef { $0.acceptReady() }

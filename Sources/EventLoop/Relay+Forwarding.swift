@@ -258,7 +258,10 @@ extension Relay {
         let target = sides + side
         if target.pointee.piped > 0 {
             if !flushPipe(side) { return }
-            if target.pointee.piped == 0 { releasePipe(side) }
+            // The rest waits for the next writable edge; the peer reads again only once the pipe is empty
+            // (see `spliceReadable`).
+            if target.pointee.piped > 0 { return }
+            releasePipe(side)
         }
         if let queue = target.pointee.queue, evbuffer_get_length(queue) > 0 {
             if !flush(side, queue) { return }

@@ -20,22 +20,32 @@ extension Relay {
     /// the client's bytes are not kept for a replay.
     @inline(__always)
     func maySplice(_ side: Int) -> Bool {
-        options.splice && sides[1 - side].queued == 0
+        options.splice && !sides[side].pipeRefused && sides[1 - side].queued == 0
             && (side == Relay.upstream ? firstByteSeen : replay == nil)
     }
 
     /// Moves what `side` has to read into the peer's pipe and on to the peer: until the socket is empty
-    /// (EAGAIN), the peer is full (the rest waits in the pipe and reading from `side` pauses until it is
-    /// out), or the end-of-file.
+    /// (EAGAIN), the peer is full (the rest waits in the pipe and reading from `side` pauses until the
+    /// pipe is empty), or the end-of-file.
+    ///
+    /// Reading starts with an empty pipe only: `writable` resumes a spliced direction once its pipe is
+    /// out. So an EAGAIN here always means the socket is empty (an empty pipe is never full), and at the
+    /// end-of-file or EAGAIN no byte is left in the pipe.
     func spliceReadable(_ side: Int) {
         let source = sides + side
         let peer = 1 - side
         let destination = sides + peer
         let pool = eventBase.pipes
+        if destination.pointee.piped > 0 {
+            destination.pointee.writeArmed = true
+            source.pointee.paused = true
+            return
+        }
         if destination.pointee.pipe == nil {
             guard let pipe = pool.take() else {
-                // No descriptors for a pipe: copy instead.
+                // No descriptors for a pipe: this direction copies from now on.
                 source.pointee.splicing = false
+                source.pointee.pipeRefused = true
                 return readable(side)
             }
             destination.pointee.pipe = pipe

@@ -223,6 +223,8 @@ public final class Relay {
         var readReady = false
         /// Reads from this side go through the other side's pipe (`splice`) rather than the scratch buffer.
         var splicing = false
+        /// No pipe could be made for reads from this side (out of descriptors): they stay copied.
+        var pipeRefused = false
         /// While bytes spliced from the other side are on their way to this side: their pipe, and how many
         /// wait in it.
         var pipe: SplicePipe?
@@ -339,8 +341,9 @@ public final class Relay {
         sides[0].splicing = false
         byteCounters = nil
         // The client keeps its end-of-file, if it sent one; its own output queue is empty (nothing came
-        // back). If it was paused, its socket may hold bytes whose edge is gone: read it once relaying again.
-        if sides[0].paused && !sides[0].eof { sides[0].readReady = true }
+        // back). Its socket may hold bytes or its end-of-file whose edge is gone (it was paused, or the
+        // failed send stopped a read loop early): read it once relaying again.
+        if !sides[0].eof { sides[0].readReady = true }
         sides[0].paused = false
         sides[0].writeArmed = false
         sides[0].writeShut = false

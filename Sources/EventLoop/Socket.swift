@@ -26,6 +26,8 @@ public enum Socket {
             if bound < 0 { throw SystemError("bind \(endpoint)", errno: currentErrno) }
             if reusePort && claim { try setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1) }
             if deferAcceptSeconds > 0 { try setDeferAccept(fd, seconds: deferAcceptSeconds) }
+            // Before `listen`, so that every connection queued from then on inherits it (see `Listener`).
+            setNoDelay(fd)
             try syscall("listen \(endpoint)") { Glibc.listen(fd, backlog) }
         } catch {
             Glibc.close(fd)

@@ -1,5 +1,7 @@
 @testable import EventLoop
+import CLibevent
 import FulcrumTestSupport
+import Dispatch
 import Glibc
 import Synchronization
 import Testing
@@ -164,6 +166,169 @@ struct RelayTests {
         #expect(relay.bytesToClient == size)
         // Spliced bytes went through the loop's pipes; copied ones never made one.
         #expect((base.pipes.created > 0) == splice)
+        withExtendedLifetime(group) {}
+    }
+
+    /// A spliced direction towards a client that starts reading slowly: the pipe is only partly flushed at
+    /// each writable edge, and the upstream then finishes (end-of-file), or goes quiet until the client has
+    /// everything sent so far. No byte may stay behind in the pipe either way.
+    @Test(arguments: [false, true])
+    func aSplicedDirectionToASlowReaderLosesNothingWhenItsSenderEndsOrPauses(pauseMidway: Bool) throws {
+        let base = EventBase()
+        let (clientNear, clientFar) = try tcpPair()
+        let (upstreamNear, upstreamFar) = try tcpPair()
+        // Room for a whole 128 KiB read at first (so splicing starts), little enough that the slow reader
+        // below keeps the pipe from emptying at once.
+        setBuffer(clientNear, SO_SNDBUF, 128 << 10)
+        setBuffer(clientFar.fd, SO_RCVBUF, 64 << 10)
+        let recorder = Recorder(base: base)
+        let group = RelayGroup() // the relay keeps an unowned reference: the group outlives it
+        let relay = Relay(base: base, clientFD: clientNear,
+                          options: RelayOptions(highWatermark: 256 << 10, idleTimeoutMicroseconds: 0, splice: true),
+                          delegate: recorder, group: group)
+        relay.attach(upstream: upstreamNear)
+        let half = 1 << 20
+        let down = pattern(2 * half, seed: 3)
+        let received = Received()
+        let firstHalfRead = DispatchSemaphore(value: 0)
+        clientFar.shutdownWrite()
+        // The first 512 KiB wait in the upstream's socket before the loop runs, so the first read fills the
+        // whole scratch buffer and the direction moves to splicing.
+        setBuffer(upstreamNear, SO_RCVBUF, 1 << 20)
+        try upstreamFar.send(Array(down[..<(512 << 10)]))
+        let threads = [
+            LoopThread.spawn(name: "upstream-writer") {
+                try? upstreamFar.send(Array(down[(512 << 10)..<half]))
+                // Quiet until the client has the first half: the relay sees EAGAIN on a spliced direction.
+                if pauseMidway { _ = firstHalfRead.wait(timeout: .now() + 5) }
+                try? upstreamFar.send(Array(down[half...]))
+                upstreamFar.shutdownWrite()
+                _ = try? upstreamFar.receiveAll()
+            },
+            LoopThread.spawn(name: "client-reader") {
+                var got: [UInt8] = []
+                var chunk = [UInt8](repeating: 0, count: 4096)
+                clientFar.setTimeout(10)
+                while true {
+                    let n = read(clientFar.fd, &chunk, chunk.count)
+                    if n <= 0 { break }
+                    let before = got.count
+                    got += chunk[..<n]
+                    if before < half && got.count >= half { firstHalfRead.signal() }
+                    // Fast for the first 256 KiB, then slow: the pipe towards it fills.
+                    if got.count > 256 << 10 { usleep(500) }
+                }
+                received.set("down", got)
+            },
+        ]
+        let timer = watchdog(base, relay)
+        base.run()
+        threads.forEach { $0.join() }
+        timer.cancel()
+        #expect(recorder.closed == .completed)
+        #expect(received["down"].count == down.count)
+        #expect(received["down"] == down)
+        #expect(base.pipes.created > 0, "the direction was spliced")
+        withExtendedLifetime(group) {}
+    }
+
+    /// What a relay whose stream never runs dry does (its event made active again after each wakeup's reads)
+    /// must not keep the loop from its timers (and from polling its sockets): a due timer fires while the
+    /// event keeps coming back.
+    @Test func anEventThatKeepsComingBackLeavesRoomForTimers() {
+        final class Spinner {
+            var event: OpaquePointer?
+            var runs = 0
+            var stopped = false
+            // Bounded: without room for timers, the spinner ends the test itself after this many runs.
+            let limit = 2_000_000
+        }
+        let base = EventBase()
+        let spinner = Spinner()
+        let limit = spinner.limit
+        spinner.event = event_new(base.base, -1, 0, { _, _, context in
+            let spinner = Unmanaged<Spinner>.fromOpaque(context!).takeUnretainedValue()
+            spinner.runs += 1
+            if !spinner.stopped && spinner.runs < spinner.limit { event_active(spinner.event, EV_READ, 0) }
+        }, Unmanaged.passUnretained(spinner).toOpaque())
+        event_active(spinner.event, EV_READ, 0)
+        var runsWhenTheTimerFired = -1
+        let timer = Timer(base: base) {
+            runsWhenTheTimerFired = spinner.runs
+            spinner.stopped = true
+        }
+        timer.schedule(after: 5_000)
+        base.run()
+        event_free(spinner.event)
+        #expect(runsWhenTheTimerFired > 0 && runsWhenTheTimerFired < limit,
+                "the timer fired after \(runsWhenTheTimerFired) runs of the event (\(limit): only once it stopped)")
+    }
+
+    /// Replays once, on the upstream it is given, attached on the loop's next pass.
+    final class ReplayOnto: RelayDelegate {
+        let base: EventBase
+        let next: Int32
+        var closed: RelayCloseReason?
+        var failures: [UpstreamFailure] = []
+        var attach: Timer?
+        init(base: EventBase, next: Int32) {
+            self.base = base
+            self.next = next
+        }
+        func relayClosed(_ relay: Relay, reason: RelayCloseReason) {
+            closed = reason
+            base.exit()
+        }
+        func relayMeasured(_ relay: Relay, latency microseconds: Int64) {}
+        func relayFirstByte(_ relay: Relay) {}
+        func relayUpstreamFailed(_ relay: Relay, _ failure: UpstreamFailure) -> UpstreamFailureResponse {
+            failures.append(failure)
+            return failures.count == 1 ? .replay : .proceed
+        }
+        func relayDetached(_ relay: Relay) {
+            attach = Timer(base: base) { [next] in relay.attach(upstream: next) }
+            attach?.schedule(after: 0)
+        }
+    }
+
+    /// The client's bytes and end-of-file are all in its socket when the first send to a backend fails (the
+    /// backend reset it): the relay replays to another backend, and what it had not read yet (more bytes,
+    /// the end-of-file) still reaches that backend, though no new readiness report will come for them.
+    @Test func aReplayAfterAFailedSendReadsWhatTheClientLeftInItsSocket() throws {
+        let base = EventBase()
+        let (clientNear, clientFar) = try tcpPair()
+        let (failingNear, failingFar) = try tcpPair()
+        let (goodNear, goodFar) = try tcpPair()
+        // The whole request and its end-of-file wait in the client's socket before the loop runs; one read
+        // (128 KiB) takes only part of them.
+        setBuffer(clientNear, SO_RCVBUF, 2 << 20)
+        let request = pattern(200 << 10, seed: 4)
+        try clientFar.send(request)
+        clientFar.shutdownWrite()
+        failingFar.reset()
+        let delegate = ReplayOnto(base: base, next: goodNear)
+        let group = RelayGroup() // the relay keeps an unowned reference: the group outlives it
+        let relay = Relay(base: base, clientFD: clientNear,
+                          options: RelayOptions(highWatermark: 256 << 10, idleTimeoutMicroseconds: 0, replayLimit: 1 << 20),
+                          delegate: delegate, group: group)
+        // Attached once the loop has seen the client's report, so the client is read right after the attach.
+        let attach = Timer(base: base) { relay.attach(upstream: failingNear) }
+        attach.schedule(after: 0)
+        let received = Received()
+        let backend = LoopThread.spawn(name: "good-backend") {
+            received.set("request", (try? goodFar.receiveAll()) ?? [])
+            try? goodFar.send("ok")
+            goodFar.shutdownWrite()
+        }
+        let timer = watchdog(base, relay, seconds: 10) { goodFar.shutdownWrite() }
+        base.run()
+        backend.join()
+        timer.cancel()
+        #expect(delegate.failures.count == 1)
+        #expect(received["request"].count == request.count)
+        #expect(received["request"] == request)
+        #expect(delegate.closed == .completed)
+        #expect(String(decoding: try clientFar.receiveAll(), as: UTF8.self) == "ok")
         withExtendedLifetime(group) {}
     }
 
