@@ -11,6 +11,8 @@
 #
 # Fulcrum runs twice: `fulcrum` as configured by default (metrics are always on; no access log), and
 # `fulcrum_log` with the access log on (json, to a file), so the access log's cost shows on its own row.
+# HAProxy runs twice too: as configured by default (no splicing), and `haproxy_splice` with `option
+# splice-auto`, measured on the bulk workloads only, where Fulcrum splices by default.
 #
 # Workloads: small RPCs over 50 persistent connections (redis-benchmark GET, without and with 16-deep
 # pipelining), new connections (one PING each, redis-benchmark -k 0), and bulk throughput in each
@@ -99,6 +101,11 @@ backend iperf
 CFG
 haproxy -db -f "$OUT/haproxy.cfg" >"$OUT/haproxy.log" 2>&1 &
 PIDS+=($!); CPU_PIDS[haproxy]=$!
+# HAProxy does not splice unless told to; Fulcrum does by default (`splice: auto`). A second HAProxy with
+# `option splice-auto` shows the bulk workloads with both splicing (`haproxy_splice`, bulk only).
+sed -e 's/17101/17111/; s/17102/17112/' -e '/^defaults/a\  option splice-auto' "$OUT/haproxy.cfg" >"$OUT/haproxy-splice.cfg"
+haproxy -db -f "$OUT/haproxy-splice.cfg" >"$OUT/haproxy-splice.log" 2>&1 &
+PIDS+=($!); CPU_PIDS[haproxy_splice]=$!
 
 cat >"$OUT/nginx.conf" <<CFG
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
@@ -118,13 +125,13 @@ CFG
 nginx -p "$PWD/$OUT" -c "$PWD/$OUT/nginx.conf" >"$OUT/nginx.log" 2>&1 &
 PIDS+=($!)
 nginx_master=$!
-for port in 17001 17002 17011 17012 17101 17102 17201 17202; do wait_port "$port"; done
+for port in 17001 17002 17011 17012 17101 17102 17112 17201 17202; do wait_port "$port"; done
 # nginx's master and its worker processes.
 CPU_PIDS[nginx]="$nginx_master $(pgrep -P "$nginx_master" | tr '\n' ' ')"
 
 declare -A RPC_PORT=([direct]=16379 [fulcrum]=17001 [fulcrum_log]=17011 [fulcrum_before]=17021 [haproxy]=17101 [nginx]=17201)
-declare -A BULK_PORT=([direct]=15201 [fulcrum]=17002 [fulcrum_log]=17012 [fulcrum_before]=17022 [haproxy]=17102 [nginx]=17202)
-TARGETS=(direct fulcrum fulcrum_log haproxy nginx)
+declare -A BULK_PORT=([direct]=15201 [fulcrum]=17002 [fulcrum_log]=17012 [fulcrum_before]=17022 [haproxy]=17102 [haproxy_splice]=17112 [nginx]=17202)
+TARGETS=(direct fulcrum fulcrum_log haproxy haproxy_splice nginx)
 if [ -n "${BEFORE_BIN:-}" ]; then wait_port 17021; wait_port 17022; TARGETS+=(fulcrum_before); fi
 WORKLOADS=(rpc rpc_pipelined new_connections bulk_up bulk_down)
 RAW="$OUT/raw.tsv"
@@ -154,6 +161,7 @@ iperf() { # port, extra iperf3 args...: "Gbit/s bytes" received
 
 measure() { # rep, target, workload: appends one line to $RAW
   local rep=$1 target=$2 workload=$3 pids=${CPU_PIDS[$2]} before after throughput operations result
+  if [ "$target" = haproxy_splice ] && [ "${workload#bulk}" = "$workload" ]; then return; fi
   # shellcheck disable=SC2086
   before=$(cpu_ticks $pids)
   case $workload in
@@ -225,7 +233,7 @@ def ratio(table, a, b):
     """Median of a over median of b; `noise` when the repetitions' ranges overlap (for CPU, each figure
     widened by the clock tick it was measured in)."""
     x, y = table.get(a, []), table.get(b, [])
-    if not x or not y:
+    if not x or not y or statistics.median(y) == 0:
         return "–"
     r = statistics.median(x) / statistics.median(y)
     text = f"{r:.2f}"
@@ -257,14 +265,17 @@ for key, title, _, unit in WORKLOADS:
     out.append(f"| {title} | {unit} | " + " | ".join(cells + ratios) + " |")
 
 # The access log's cost, and an older build if one was given, against the same run's figures.
-variants = [t for t in ("fulcrum_log", "fulcrum_before") if any(k[1] == t for k in throughput)]
+variants = [t for t in ("haproxy_splice", "fulcrum_log", "fulcrum_before") if any(k[1] == t for k in throughput)]
 for v in variants:
-    what = {"fulcrum_log": "Fulcrum with the access log on (json, to a file)",
+    what = {"haproxy_splice": "HAProxy with `option splice-auto` (bulk only)",
+            "fulcrum_log": "Fulcrum with the access log on (json, to a file)",
             "fulcrum_before": "The older build (BEFORE_BIN)"}[v]
     out += ["", f"{what}, against Fulcrum as configured by default and HAProxy in the same run:", "",
             f"| workload | {v} | {v} / fulcrum | {v} / haproxy | CPU per operation | CPU {v} / fulcrum | CPU {v} / haproxy |",
             "|---|---:|---:|---:|---:|---:|---:|"]
     for key, title, unit, cpu_unit in WORKLOADS:
+        if (key, v) not in throughput:
+            continue
         out.append(f"| {title} ({unit}; CPU in {cpu_unit}) | {figure(throughput, (key, v))} | "
                    f"{ratio(throughput, (key, v), (key, 'fulcrum'))} | {ratio(throughput, (key, v), (key, 'haproxy'))} | "
                    f"{figure(cpu, (key, v))} | {ratio(cpu, (key, v), (key, 'fulcrum'))} | {ratio(cpu, (key, v), (key, 'haproxy'))} |")

@@ -77,13 +77,12 @@ measure() { # target, port, command...
 
 trace() { # target, pid, load name, load command...
   local target=$1 pid=$2 load=$3; shift 3
-  local threads
-  threads=$(ls "/proc/$pid/task" | wc -l)
   strace -c -f -p "$pid" -o "$OUT/$target-$load.strace" 2>"$OUT/$target-$load.attach" &
   local tracer=$!
-  # Ready once every thread of the process is attached.
+  # Ready once strace says it has attached: it prints one line ("Process N attached with K threads") after
+  # attaching to every thread of the process.
   for _ in $(seq 1 200); do
-    [ "$(grep -c attached "$OUT/$target-$load.attach" || true)" -ge "$threads" ] && break
+    grep -q attached "$OUT/$target-$load.attach" && break
     sleep 0.05
   done
   "$@" >/dev/null

@@ -229,7 +229,7 @@ final class Worker {
             try Socket.setDeferAccept(assignment.fd, seconds: assignment.deferAcceptSeconds)
             socket.deferAcceptSeconds = assignment.deferAcceptSeconds
         } catch {
-            logger.warning("could not set defer_accept on a listening socket; it accepts without it", metadata: [
+            logger.warning("could not change defer_accept on a listening socket; it keeps its previous setting", metadata: [
                 "listener": "\(assignment.listener)", "error": "\(error)",
             ])
         }
