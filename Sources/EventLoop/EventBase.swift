@@ -30,10 +30,12 @@ public final class EventBase {
         // coarse step before a deadline computed from the precise clock: every handler of a deadline
         // (idle, queue, ejection) re-arms for what remains.
         // A relay that still has bytes after its reads of one wakeup makes its event active again (an
-        // edge-triggered socket reports nothing new). libevent runs its active events until none is left
-        // before it polls again, so a stream that never runs dry would keep the loop from new connections,
-        // other sockets and timers: at most `callbacksPerPass` callbacks run before it polls (without
-        // waiting) and fires due timers, and the rest run after them.
+        // edge-triggered socket reports nothing new), which puts it at the end of the queue of active
+        // events being run. libevent runs that queue until it is empty before it polls again, so a stream
+        // that never runs dry would keep the loop from new connections, other sockets and timers. With a
+        // cap, the loop polls (without waiting) after `callbacksPerPass` callbacks and queues the sockets
+        // that are ready and the timers that are due behind the events still active. The last argument
+        // (0) puts every priority under the cap: with 1, priority 0, the only one Fulcrum uses, would not be.
         event_config_set_max_dispatch_interval(config, nil, Self.callbacksPerPass, 0)
         guard let base = event_base_new_with_config(config) else {
             fatalError("libevent could not create an event base")

@@ -99,9 +99,14 @@ extension Relay {
                 if target.pointee.piped > 0 { return true }
                 continue
             }
+            if n == 0 {
+                // A pipe that holds bytes gave none: nothing would ever move them.
+                failed(side, EPIPE)
+                return false
+            }
             let code = currentErrno
-            if n < 0 && code == EINTR { continue }
-            if n == 0 || code == EAGAIN { return true }
+            if code == EINTR { continue }
+            if code == EAGAIN { return true }
             failed(side, code)
             return false
         }

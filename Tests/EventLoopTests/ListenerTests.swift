@@ -37,6 +37,21 @@ struct ListenerTests {
         withExtendedLifetime(client) {}
     }
 
+    /// A connection that arrives before any listener runs (at start-up, or on a listener a reload adds)
+    /// still comes with TCP_NODELAY: the socket has it from before `listen`.
+    @Test func aConnectionQueuedBeforeTheListenerRunsCarriesNoDelay() throws {
+        let (fd, port) = try listeningSocket()
+        defer { Glibc.close(fd) }
+        let client = try TestSocket.connect(port: port)
+        var ready = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&ready, 1, 5000) == 1)
+        let accepted = accept(fd, nil, nil)
+        #expect(accepted >= 0)
+        #expect(noDelay(accepted) != 0)
+        Glibc.close(accepted)
+        withExtendedLifetime(client) {}
+    }
+
     @Test func aQueueLongerThanOneBatchIsAcceptedToTheLastConnection() throws {
         let (fd, port) = try listeningSocket()
         let base = EventBase()

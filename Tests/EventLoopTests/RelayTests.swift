@@ -192,8 +192,9 @@ struct RelayTests {
         let received = Received()
         let firstHalfRead = DispatchSemaphore(value: 0)
         clientFar.shutdownWrite()
-        // The first 512 KiB wait in the upstream's socket before the loop runs, so the first read fills the
-        // whole scratch buffer and the direction moves to splicing.
+        // The first 512 KiB wait in the upstream's sockets (what its receive buffer does not hold waits in
+        // the far end's send buffer) before the loop runs, so the first read fills the whole scratch buffer
+        // and the direction moves to splicing.
         setBuffer(upstreamNear, SO_RCVBUF, 1 << 20)
         try upstreamFar.send(Array(down[..<(512 << 10)]))
         let threads = [
@@ -221,14 +222,24 @@ struct RelayTests {
                 received.set("down", got)
             },
         ]
+        // What the test is about: reading from the upstream paused with bytes left in the client's pipe.
+        var pausedWithBytesPiped = false
+        var look: Timer?
+        look = Timer(base: base) {
+            if relay.sides[Relay.upstream].paused && relay.sides[Relay.client].piped > 0 { pausedWithBytesPiped = true }
+            if !pausedWithBytesPiped { look?.schedule(after: 500) }
+        }
+        look?.schedule(after: 500)
         let timer = watchdog(base, relay)
         base.run()
         threads.forEach { $0.join() }
         timer.cancel()
+        look?.cancel()
         #expect(recorder.closed == .completed)
         #expect(received["down"].count == down.count)
         #expect(received["down"] == down)
         #expect(base.pipes.created > 0, "the direction was spliced")
+        #expect(pausedWithBytesPiped, "reading paused while bytes waited in the pipe")
         withExtendedLifetime(group) {}
     }
 
