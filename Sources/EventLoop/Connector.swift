@@ -124,11 +124,7 @@ public final class Connector {
         reportedAtConnect = what & (EV_READ | EV_CLOSED)
         // An error is reported as readable and writable; a writable edge alone is a connected socket.
         let error = reportedAtConnect != 0 ? Socket.connectError(fd) : nil
-        if error != nil {
-            event_del(ioEvent)
-            Glibc.close(fd)
-            fd = -1
-        }
+        if error != nil { cancel() }
         delegate?.connectorFinished(self, error: error)
     }
 
@@ -142,10 +138,7 @@ public final class Connector {
             event_add(timeoutEvent, &tv)
             return
         }
-        disarmTimers()
-        event_del(ioEvent)
-        Glibc.close(fd)
-        fd = -1
+        cancel()
         delegate?.connectorFinished(self, error: .timedOut)
     }
 
